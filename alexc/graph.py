@@ -1,0 +1,240 @@
+"""Building a Graph (topological order, shape and parameter inference) and verifying one.
+
+`build_graph` is the one way to make a Graph; `verify` re-derives everything a Graph claims and
+runs after parsing and after every pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+from .errors import GraphError
+from .ir import INIT_KINDS, Graph, Input, Node, Op, Param, Shape
+from .ops import MAX_ELEMENTS, RULES, ShapeError, normalise_attrs
+
+# Parameters a node gets when its graph file says nothing: PyTorch's default initialisation.
+DEFAULT_INIT = {"weight": {"fan_in_uniform": 1.0}, "bias": {"fan_in_uniform": 1.0}}
+
+
+def _topological(nodes: Sequence[Node], input_names: set[str], err) -> list[Node]:
+    """Order nodes so every input is defined first; name the cycle or dangling input if not."""
+    by_name = {n.name: n for n in nodes}
+    for n in nodes:
+        for i in n.inputs:
+            if i not in by_name and i not in input_names:
+                known = ", ".join(sorted(input_names | set(by_name)))
+                raise err(f"input '{i}' is not defined (defined names: {known})", n.name)
+    order, state = [], {}  # state: 1 visiting, 2 done
+
+    def visit(n: Node, path: list[str]):
+        if state.get(n.name) == 2:
+            return
+        if state.get(n.name) == 1:
+            cycle = path[path.index(n.name) :] + [n.name]
+            raise err(f"cycle: {' -> '.join(cycle)}; a node may only read earlier values", n.name)
+        state[n.name] = 1
+        for i in n.inputs:
+            if i in by_name:
+                visit(by_name[i], path + [n.name])
+        state[n.name] = 2
+        order.append(n)
+
+    for n in nodes:
+        visit(n, [])
+    return order
+
+
+def _check_init(node: Node, suffixes, err):
+    for suffix, spec in node.init.items():
+        if suffix not in suffixes:
+            raise err(
+                f"init names '{suffix}', but this node's parameters are: "
+                f"{', '.join(suffixes) or 'none'}",
+                node.name,
+            )
+        if not isinstance(spec, Mapping) or len(spec) != 1:
+            raise err(f"init of '{suffix}' must be one of {{kind: value}}: {INIT_KINDS}", node.name)
+        ((kind, value),) = spec.items()
+        if kind not in INIT_KINDS:
+            raise err(f"unknown init kind '{kind}' (known: {', '.join(INIT_KINDS)})", node.name)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
+            raise err(f"init '{kind}' of '{suffix}' needs a number, got {value!r}", node.name)
+
+
+def build_graph(
+    name: str,
+    inputs: Sequence[Input],
+    nodes: Sequence[Node],
+    outputs: Sequence[str] | None = None,
+    *,
+    train: Mapping | None = None,
+    data: Mapping | None = None,
+    classes: Sequence[str] | None = None,
+    source: str | None = None,
+    lines: Mapping[str, int] | None = None,
+    default_init: Mapping | None = None,
+) -> Graph:
+    """Normalise attributes, order, infer shapes, parameters and FLOPs, and verify.
+
+    Node attrs may be raw (as written in a graph file); errors raise GraphError naming the node.
+    """
+    lines = dict(lines or {})
+
+    def err(what, node=None):
+        return GraphError(what, file=source, line=lines.get(node), node=node)
+
+    input_names = {i.name for i in inputs}
+    if not inputs:
+        raise err("the graph has no input")
+    for i in inputs:
+        if not i.shape or any(
+            isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in i.shape
+        ):
+            raise err(f"input '{i.name}' needs a shape of positive integers, got {list(i.shape)}")
+        if math.prod(i.shape) > MAX_ELEMENTS:
+            raise err(f"input '{i.name}' shape {list(i.shape)} is absurdly large")
+    seen = set(input_names)
+    for n in nodes:
+        if n.name in seen:
+            raise err(f"duplicate name '{n.name}': every node needs its own name", n.name)
+        seen.add(n.name)
+
+    default_init = {**DEFAULT_INIT, **(default_init or {})}
+    shapes: dict[str, Shape] = {i.name: tuple(i.shape) for i in inputs}
+    flops: dict[str, int] = {}
+    params: list[Param] = []
+    built: list[Node] = []
+    for n in _topological(nodes, input_names, err):
+        rule = RULES[n.op]
+        lo, hi = rule.arity
+        if not lo <= len(n.inputs) <= (hi or len(n.inputs)):
+            want = f"{lo}" if lo == hi else f"at least {lo}"
+            raise err(f"{n.op.value} takes {want} input(s), got {len(n.inputs)}", n.name)
+        in_shapes = [shapes[i] for i in n.inputs]
+        try:
+            attrs = normalise_attrs(n.op, n.attrs)
+            out = rule.shape(attrs, in_shapes)
+            param_shapes = rule.params(attrs, in_shapes)
+        except ShapeError as e:
+            shown = ", ".join(f"{i} {list(s)}" for i, s in zip(n.inputs, in_shapes, strict=True))
+            raise err(f"{e} (input: {shown})", n.name) from None
+        if any(d < 1 for d in out):
+            raise err(f"output shape {list(out)} has a non-positive size", n.name)
+        if math.prod(out) > MAX_ELEMENTS:
+            raise err(f"output shape {list(out)} is absurdly large", n.name)
+        _check_init(n, list(param_shapes), err)
+        init = {s: n.init.get(s, default_init[s]) for s in param_shapes}
+        for suffix, (shape, fan_in) in param_shapes.items():
+            if math.prod(shape) > MAX_ELEMENTS:
+                raise err(f"parameter {suffix} of shape {list(shape)} is absurdly large", n.name)
+            params.append(Param(f"{n.name}.{suffix}", shape, init[suffix], fan_in))
+        shapes[n.name] = out
+        flops[n.name] = rule.flops(attrs, in_shapes, out)
+        # The resolved init goes into the node, so a rebuilt graph draws the same parameters.
+        built.append(replace(n, attrs=attrs, init=init))
+
+    if outputs is None:
+        outputs = [built[-1].name] if built else []
+    for o in outputs:
+        if o not in shapes:
+            raise err(f"output '{o}' is not a node of the graph")
+    graph = Graph(
+        name=name,
+        inputs=tuple(inputs),
+        nodes=tuple(built),
+        outputs=tuple(outputs),
+        params=tuple(params),
+        shapes=shapes,
+        flops=flops,
+        train=train or {},
+        data=data or {},
+        classes=tuple(classes) if classes else None,
+        source=source,
+        lines=lines,
+    )
+    verify(graph)
+    return graph
+
+
+def verify(graph: Graph) -> None:
+    """Re-derive every claim of a Graph: single assignment, no dangling names or cycles
+    (topological order), known ops with normalised attributes, shapes and parameters."""
+
+    def fail(what, node=None):
+        raise GraphError(f"verifier: {what}", file=graph.source, node=node)
+
+    defined = {i.name: tuple(i.shape) for i in graph.inputs}
+    if len(defined) != len(graph.inputs):
+        fail("two graph inputs share a name")
+    params = []
+    for n in graph.nodes:
+        if not isinstance(n.op, Op):
+            fail(f"op {n.op!r} is not an Op", n.name)
+        if n.name in defined:
+            fail("assigned twice", n.name)
+        for i in n.inputs:
+            if i not in defined:
+                fail(f"reads '{i}' before it is defined", n.name)
+        rule = RULES[n.op]
+        try:
+            if dict(n.attrs) != normalise_attrs(n.op, n.attrs):
+                fail("attributes are not normalised", n.name)
+            in_shapes = [defined[i] for i in n.inputs]
+            out = rule.shape(n.attrs, in_shapes)
+            param_shapes = rule.params(n.attrs, in_shapes)
+        except ShapeError as e:
+            fail(str(e), n.name)
+        if graph.shapes.get(n.name) != out:
+            fail(f"recorded shape {graph.shapes.get(n.name)} but infers {out}", n.name)
+        params += [(f"{n.name}.{s}", shape) for s, (shape, _) in param_shapes.items()]
+        defined[n.name] = out
+    if [(p.name, p.shape) for p in graph.params] != params:
+        fail("parameter declarations do not match the nodes")
+    for o in graph.outputs:
+        if o not in defined:
+            fail(f"output '{o}' is not defined")
+
+
+def with_classes(graph: Graph, num_classes: int, classes: Sequence[str] | None = None) -> Graph:
+    """The same graph whose last linear layer has `num_classes` units (for another data set)."""
+    last = [n for n in graph.nodes if n.op is Op.LINEAR]
+    if not last:
+        raise GraphError("has no linear layer to size to the data's classes", file=graph.source)
+    target = last[-1]
+    nodes = [
+        replace(n, attrs={**n.attrs, "units": num_classes}) if n is target else n
+        for n in graph.nodes
+    ]
+    return build_graph(
+        graph.name,
+        graph.inputs,
+        nodes,
+        graph.outputs,
+        train=graph.train,
+        data=graph.data,
+        classes=classes,
+        source=graph.source,
+        lines=graph.lines,
+    )
+
+
+def with_input_shape(graph: Graph, shape: Shape) -> Graph:
+    """The same graph for another input shape (e.g. channels of a data set)."""
+    (first, *rest) = graph.inputs
+    return build_graph(
+        graph.name,
+        [Input(first.name, tuple(shape)), *rest],
+        graph.nodes,
+        graph.outputs,
+        train=graph.train,
+        data=graph.data,
+        classes=graph.classes,
+        source=graph.source,
+        lines=graph.lines,
+    )
