@@ -1,0 +1,320 @@
+"""Lowering: a Graph to a runtime Plan, with autodiff and liveness-based memory planning.
+
+Passes, in order: (inference) strip dropout; (training) append the loss; lower to forward
+steps; autodiff appends backward steps from the per-op backward rules; liveness assigns every
+activation and gradient an arena slot and says after which step each buffer is dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+from alexc_runtime.plan import Plan, Slot, Step
+
+from .graph import build_graph
+from .ir import Graph, Node, Op, Shape
+from .ops import RULES
+
+LABELS = "labels"
+LOSS = "loss"
+ALIGN = 64
+
+
+def grad_name(value: str) -> str:
+    return f"grad:{value}"
+
+
+def _elements(shape) -> int:
+    return math.prod(shape)
+
+
+def _none(ins, out, itemsize) -> int:
+    return 0
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What a kernel holds beyond its output, matching the runtime kernels (sizes in bytes as a
+    function of (input shapes, output shape, itemsize), batch included):
+    `inputs`/`output`: forward values its backward reads (kept alive by reference);
+    `saved`: new arrays kept from forward to backward (masks, argmax indices);
+    `workspace` and `backward_workspace`: scratch while the forward or backward step runs."""
+
+    inputs: tuple[int, ...] = ()
+    output: bool = False
+    saved: Callable[[list[Shape], Shape, int], int] = _none
+    workspace: Callable[[list[Shape], Shape, int], int] = _none
+    backward_workspace: Callable[[list[Shape], Shape, int], int] = _none
+
+
+COLS_BUDGET = 16 << 20  # alexc_runtime.kernels.conv.COLS_BUDGET
+
+
+def _conv_block(ins, out, b) -> tuple[int, int]:
+    """(samples per GEMM block, im2col bytes per sample), as the conv kernel chooses them."""
+    (n, c, _, _), (_, _, kh, kw) = ins[0], ins[1]
+    per_sample = c * kh * kw * out[2] * out[3] * b
+    return max(1, min(n, COLS_BUDGET // per_sample)), per_sample
+
+
+def _conv_workspace(ins, out, b):
+    block, per_sample = _conv_block(ins, out, b)
+    return block * (per_sample + _elements(out[1:]) * b)
+
+
+def _conv_backward_workspace(ins, out, b):
+    return _conv_workspace(ins, out, b) + 2 * _elements(ins[1]) * b
+
+
+MEMORY: dict[Op, Memory] = {
+    Op.CONV: Memory(
+        inputs=(0, 1), workspace=_conv_workspace, backward_workspace=_conv_backward_workspace
+    ),
+    Op.RELU: Memory(saved=lambda ins, out, b: _elements(out)),  # a bool mask
+    Op.LRN: Memory(inputs=(0,), saved=lambda ins, out, b: _elements(out) * b),  # the scale s
+    Op.MAXPOOL: Memory(saved=lambda ins, out, b: _elements(out)),  # uint8 argmax in the window
+    Op.AVGPOOL: Memory(),
+    Op.ADAPTIVE_AVGPOOL: Memory(),
+    Op.FLATTEN: Memory(),
+    Op.DROPOUT: Memory(saved=lambda ins, out, b: _elements(out)),  # a bool mask
+    Op.LINEAR: Memory(inputs=(0, 1)),
+    Op.SOFTMAX_CROSS_ENTROPY: Memory(saved=lambda ins, out, b: _elements(ins[0]) * b),
+    Op.SOFTMAX: Memory(output=True),
+    Op.CONCAT: Memory(),
+    Op.ADD: Memory(),
+}
+
+
+def strip_dropout(graph: Graph) -> Graph:
+    """Inference pass: dropout is the identity, so its readers read its input instead."""
+    alias = {}
+    nodes = []
+    for n in graph.nodes:
+        inputs = tuple(alias.get(i, i) for i in n.inputs)
+        if n.op is Op.DROPOUT:
+            alias[n.name] = inputs[0]
+        else:
+            nodes.append(replace(n, inputs=inputs))
+    if not alias:
+        return graph
+    outputs = [alias.get(o, o) for o in graph.outputs]
+    return build_graph(
+        graph.name,
+        graph.inputs,
+        nodes,
+        outputs,
+        train=graph.train,
+        data=graph.data,
+        classes=graph.classes,
+        source=graph.source,
+        lines=graph.lines,
+    )
+
+
+def add_loss(graph: Graph, label_smoothing: float = 0.0) -> Graph:
+    """Training pass: mean softmax cross-entropy of the first output against `labels`."""
+    if any(n.op is Op.SOFTMAX_CROSS_ENTROPY for n in graph.nodes):
+        return graph
+    loss = Node(
+        Op.SOFTMAX_CROSS_ENTROPY,
+        LOSS,
+        (graph.outputs[0],),
+        {"label_smoothing": float(label_smoothing)},
+    )
+    return build_graph(
+        graph.name,
+        graph.inputs,
+        [*graph.nodes, loss],
+        [LOSS],
+        train=graph.train,
+        data=graph.data,
+        classes=graph.classes,
+        source=graph.source,
+        lines=graph.lines,
+    )
+
+
+def _param_names(graph: Graph, node: Node) -> list[str]:
+    prefix = node.name + "."
+    return [p.name for p in graph.params if p.name.startswith(prefix)]
+
+
+def lower(
+    graph: Graph, batch_size: int, *, training: bool, dtype=np.float32, label_smoothing: float = 0.0
+) -> Plan:
+    """A Plan for `batch_size` samples: inference (dropout stripped) or a training step."""
+    logits = graph.outputs[0]
+    graph = add_loss(graph, label_smoothing) if training else strip_dropout(graph)
+    outputs = [*graph.outputs, logits] if training else list(graph.outputs)
+    itemsize = np.dtype(dtype).itemsize
+    batch_shape = {k: (batch_size, *s) for k, s in graph.shapes.items()}
+    loss_node = next((n for n in graph.nodes if RULES[n.op].loss), None)
+    if loss_node is not None:
+        batch_shape[loss_node.name] = ()  # the mean over the batch: one number
+
+    steps: list[Step] = []
+    for n in graph.nodes:
+        inputs = [*n.inputs, *_param_names(graph, n)]
+        if RULES[n.op].loss:
+            inputs.insert(1, LABELS)
+        steps.append(Step(n.op.value, n.name, n.attrs, tuple(inputs), (n.name,)))
+    feeds = [i.name for i in graph.inputs] + ([LABELS] if training else [])
+    param_names = [p.name for p in graph.params]
+
+    grads: dict[str, str] = {}
+    if training:
+        steps += _autodiff(graph, loss_node, steps, grads)
+    slots, arena, live_peak, extra_peak = _plan_memory(
+        graph, steps, feeds, param_names, outputs, batch_shape, itemsize
+    )
+    steps = _with_frees(steps, slots, keep=set(outputs) | set(grads.values()))
+    param_bytes = sum(_elements(p.shape) for p in graph.params) * itemsize * (2 if training else 1)
+    return Plan(
+        batch_size=batch_size,
+        inputs=tuple(feeds + ([grad_name(LOSS)] if training else [])),
+        params=tuple(param_names),
+        outputs=tuple(outputs),
+        steps=tuple(steps),
+        grads=grads,
+        slots=slots,
+        arena_bytes=arena,
+        extra_bytes=extra_peak,
+        live_peak_bytes=live_peak,
+        param_bytes=param_bytes,
+    )
+
+
+def _autodiff(graph: Graph, loss_node: Node, forward: list[Step], grads: dict) -> list[Step]:
+    """Backward steps from the per-op backward rules, in reverse topological order.
+
+    A value gets a gradient when it depends on a parameter and the loss depends on it; a
+    value read by several nodes has its gradient contributions summed."""
+    params = {p.name for p in graph.params}
+    depends_on_param = set(params)
+    for step in forward:
+        if any(i in depends_on_param for i in step.inputs):
+            depends_on_param.add(step.node)
+    feeds_loss = {loss_node.name}
+    for step in reversed(forward):
+        if step.node in feeds_loss:
+            feeds_loss.update(step.inputs)
+    needs_grad = depends_on_param & feeds_loss
+
+    written: set[str] = set()
+    backward = []
+    for step in reversed(forward):
+        if step.node not in needs_grad:
+            continue
+        outs, adds = [], []
+        for i in step.inputs:
+            if i in needs_grad:
+                g = grad_name(i)
+                outs.append(g)
+                adds.append(g in written)
+                written.add(g)
+                if i in params:
+                    grads[i] = g
+            else:
+                outs.append(None)
+                adds.append(False)
+        backward.append(
+            Step(
+                step.op,
+                step.node,
+                step.attrs,
+                (grad_name(step.node),),
+                tuple(outs),
+                backward=True,
+                accumulate=tuple(adds),
+            )
+        )
+    return backward
+
+
+def _plan_memory(graph, steps, feeds, params, outputs, batch_shape, itemsize):
+    """Liveness over the step list, then first-fit arena offsets for activations and gradients.
+
+    A buffer lives from the step that writes it to the last step that reads it; a forward value
+    that a backward rule reads (MEMORY) lives until that backward step. Parameter gradients are
+    results, counted with the parameters rather than in the arena."""
+    ops = {n.name: n.op for n in graph.nodes}
+    value_shape = {**batch_shape, **{p.name: p.shape for p in graph.params}}
+    param_grads = {grad_name(p) for p in params}
+    start: dict[str, int] = {f: -1 for f in feeds}
+    end: dict[str, int] = {}
+    held: list[tuple[int, int, int]] = []  # (first step, last step, bytes) of kernel state
+    backward_at = {s.node: i for i, s in enumerate(steps) if s.backward}
+    forward_at = {s.node: i for i, s in enumerate(steps) if not s.backward}
+    last = len(steps) - 1
+
+    def read(name, at):
+        end[name] = max(end.get(name, at), at)
+
+    for i, s in enumerate(steps):
+        memory = MEMORY[ops[s.node]]
+        fwd = steps[forward_at[s.node]]
+        in_shapes = [value_shape.get(n, ()) for n in fwd.inputs]
+        if s.backward:
+            read(s.inputs[0], i)
+            for o in s.outputs:
+                if o is not None and o not in param_grads:
+                    start.setdefault(o, i)
+            held.append((i, i, memory.backward_workspace(in_shapes, batch_shape[s.node], itemsize)))
+            continue
+        for name in s.inputs:
+            read(name, i)
+        start[s.node] = i
+        saved = memory.saved(in_shapes, batch_shape[s.node], itemsize)
+        held.append((i, i, memory.workspace(in_shapes, batch_shape[s.node], itemsize)))
+        # Kernels build their saved state even in inference; it is dropped after the step.
+        held.append((i, backward_at.get(s.node, i), saved))
+        if s.node in backward_at:
+            for k in memory.inputs:
+                read(s.inputs[k], backward_at[s.node])
+            if memory.output:
+                read(s.node, backward_at[s.node])
+    for o in outputs:
+        end[o] = last
+
+    def nbytes(name):
+        if name == LABELS:
+            return batch_shape[graph.inputs[0].name][0] * 8  # int64 class indices
+        if name == grad_name(LOSS):
+            return itemsize
+        value = name[len("grad:") :] if name.startswith("grad:") else name
+        return _elements(batch_shape[value]) * itemsize
+
+    slots: dict[str, Slot] = {}
+    for name in sorted(start, key=lambda n: (start[n], n)):
+        size = nbytes(name)
+        lo = start[name]
+        hi = max(end.get(name, lo), lo)
+        offset = 0
+        # First fit: the lowest offset clear of every placed buffer whose lifetime overlaps.
+        for other in sorted(slots.values(), key=lambda s: s.offset):
+            if other.end < lo or other.start > hi:
+                continue
+            if offset + size <= other.offset:
+                break
+            offset = max(offset, other.offset + -(-other.nbytes // ALIGN) * ALIGN)
+        value = name[len("grad:") :] if name.startswith("grad:") else name
+        slots[name] = Slot(offset, size, tuple(batch_shape.get(value, ())), lo, hi)
+    arena = max((s.offset + s.nbytes for s in slots.values()), default=0)
+    live_peak = extra_peak = 0
+    for i in range(-1, len(steps)):
+        extra = sum(b for s0, s1, b in held if s0 <= i <= s1)
+        live = sum(s.nbytes for s in slots.values() if s.start <= i <= s.end)
+        live_peak = max(live_peak, live + extra)
+        extra_peak = max(extra_peak, extra)
+    return slots, arena, live_peak, extra_peak
+
+
+def _with_frees(steps: list[Step], slots: dict[str, Slot], keep: set[str]) -> list[Step]:
+    frees: dict[int, list[str]] = {}
+    for name, slot in slots.items():
+        if name not in keep and slot.end >= 0:
+            frees.setdefault(slot.end, []).append(name)
+    return [replace(s, free_after=tuple(sorted(frees.get(i, ())))) for i, s in enumerate(steps)]

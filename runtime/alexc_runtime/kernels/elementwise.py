@@ -1,0 +1,108 @@
+"""relu, dropout and add: elementwise ops, forward and backward."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from alexc_runtime.kernels.base import KernelContext, shard
+
+# Below this many elements a thread hop costs more than the pass it would split.
+SHARD_MIN_ELEMENTS = 1 << 16
+
+
+def _map_batch(ctx: KernelContext, fn: Callable[[object], object], x: np.ndarray) -> None:
+    """Run ``fn(index)`` over ``x``: index is a slice of samples, or ``...`` for all of x at once.
+
+    Shards over the batch axis only when ``x`` is big enough; 0-d arrays run whole.
+    """
+    if x.ndim == 0 or x.size < SHARD_MIN_ELEMENTS:
+        fn(...)
+    else:
+        shard(ctx, lambda s, e: fn(slice(s, e)), x.shape[0])
+
+
+# -- relu ------------------------------------------------------------------------------------
+
+
+def relu_forward(ctx: KernelContext, attrs: Mapping, x: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """y = max(x, 0). saved = (mask,), a bool array of x's shape (x > 0)."""
+    y = np.empty(x.shape, dtype=x.dtype)
+    mask = np.empty(x.shape, dtype=bool)
+
+    def run(i) -> None:
+        np.maximum(x[i], 0, out=y[i])
+        np.greater(x[i], 0, out=mask[i])
+
+    _map_batch(ctx, run, x)
+    return y, (mask,)
+
+
+def relu_backward(
+    ctx: KernelContext, attrs: Mapping, dy: np.ndarray, saved: tuple
+) -> tuple[np.ndarray]:
+    """dx = dy where x > 0, else 0 (the subgradient at 0 is 0)."""
+    (mask,) = saved
+    dx = np.empty(dy.shape, dtype=dy.dtype)
+    _map_batch(ctx, lambda i: np.multiply(dy[i], mask[i], out=dx[i]), dy)
+    return (dx,)
+
+
+# -- dropout ---------------------------------------------------------------------------------
+
+
+def dropout_forward(ctx: KernelContext, attrs: Mapping, x: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """Inverted dropout: y = x * mask / (1 - rate) when training, else y = x (the same array).
+
+    The mask keeps an element when a float32 uniform draw is >= rate, so it depends only on the
+    RNG state and x's shape (not x's dtype). saved = (mask, scale) with mask a bool array of x's
+    shape, or () at inference.
+    """
+    rate = float(attrs["rate"])
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+    if not ctx.train or rate == 0.0:
+        return x, ()
+    if ctx.rng is None:
+        raise ValueError("dropout in training mode needs ctx.rng (a seeded numpy Generator)")
+    mask = ctx.rng.random(x.shape, dtype=np.float32) >= np.float32(rate)
+    scale = 1.0 / (1.0 - rate)
+    y = np.multiply(x, mask)
+    y *= scale
+    return y, (mask, scale)
+
+
+def dropout_backward(
+    ctx: KernelContext, attrs: Mapping, dy: np.ndarray, saved: tuple
+) -> tuple[np.ndarray]:
+    """dx = dy * mask / (1 - rate) with the forward mask; dy itself at inference."""
+    if not saved:
+        return (dy,)
+    mask, scale = saved
+    dx = np.multiply(dy, mask)
+    dx *= scale
+    return (dx,)
+
+
+# -- add -------------------------------------------------------------------------------------
+
+
+def add_forward(
+    ctx: KernelContext, attrs: Mapping, a: np.ndarray, b: np.ndarray
+) -> tuple[np.ndarray, tuple]:
+    """y = a + b, same shapes and dtypes (no broadcasting). saved = ()."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        raise ValueError(
+            f"add needs equal shapes and dtypes, got {a.shape} {a.dtype} and {b.shape} {b.dtype}"
+        )
+    y = np.empty(a.shape, dtype=a.dtype)
+    _map_batch(ctx, lambda i: np.add(a[i], b[i], out=y[i]), y)
+    return y, ()
+
+
+def add_backward(
+    ctx: KernelContext, attrs: Mapping, dy: np.ndarray, saved: tuple
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both operands receive dy: the very same array, twice (callers must not write into it)."""
+    return dy, dy

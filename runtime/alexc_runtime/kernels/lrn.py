@@ -1,0 +1,92 @@
+"""lrn: local response normalisation across channels, forward and backward.
+
+With s_c = k + a * sum_{j in window(c)} x_j^2 and window(c) = [c - h, c + h] clipped to the
+channels (h = (size-1)/2): y_c = x_c * s_c^-beta. The two conventions differ only in ``a``:
+``a = alpha`` (paper) or ``a = alpha / size`` (onnx). Windows are symmetric, so "i in window(j)"
+is "j in window(i)" and backward reuses the same window sum:
+dx_i = g_i * s_i^-beta - 2*a*beta * x_i * sum_{j in window(i)} g_j * y_j / s_j.
+
+Window sums add ``size`` shifted slices (not a cumulative sum, which loses float32 precision to
+cancellation). ``saved`` is ``(x, s)``: a reference to the input and the denominator base s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from alexc_runtime.kernels.base import KernelContext, shard_blocks
+
+
+def _coefficient(attrs: Mapping) -> float:
+    alpha, size = float(attrs["alpha"]), attrs["size"]
+    if attrs["convention"] == "paper":
+        return alpha
+    if attrs["convention"] == "onnx":
+        return alpha / size
+    raise ValueError(f"unknown LRN convention {attrs['convention']!r}; expected 'paper' or 'onnx'")
+
+
+def _window_sum(v: np.ndarray, half: int, out: np.ndarray) -> None:
+    """out[:, c] = sum of v[:, c-half : c+half+1], the window clipped at the channel edges."""
+    np.copyto(out, v)
+    for d in range(1, min(half, v.shape[1] - 1) + 1):
+        np.add(out[:, d:], v[:, :-d], out=out[:, d:])
+        np.add(out[:, :-d], v[:, d:], out=out[:, :-d])
+
+
+def _negative_power(base: np.ndarray, beta: float, out: np.ndarray) -> np.ndarray:
+    """out = base ** -beta; AlexNet's beta = 0.75 uses square roots, several times faster."""
+    if beta == 0.75:
+        np.sqrt(base, out=out)
+        out *= np.sqrt(out)
+        return np.reciprocal(out, out=out)
+    return np.power(base, -beta, out=out)
+
+
+def lrn_forward(ctx: KernelContext, attrs: Mapping, x: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """y = x / (k + a * window_sum(x^2))^beta. saved = (x, s), s the same shape as x."""
+    size, beta, k = attrs["size"], float(attrs["beta"]), float(attrs["bias"])
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"LRN size must be a positive odd number, got {size}")
+    a = _coefficient(attrs)
+    y = np.empty(x.shape, dtype=x.dtype)
+    base = np.empty(x.shape, dtype=x.dtype)
+
+    def run(s: int, e: int) -> None:
+        xb, bb, yb = x[s:e], base[s:e], y[s:e]
+        _window_sum(np.square(xb), size // 2, bb)
+        bb *= a
+        bb += k
+        _negative_power(bb, beta, out=yb)
+        yb *= xb
+
+    shard_blocks(ctx, run, x.shape[0], x[:1].nbytes)
+    return y, (x, base)
+
+
+def lrn_backward(
+    ctx: KernelContext, attrs: Mapping, dy: np.ndarray, saved: tuple
+) -> tuple[np.ndarray]:
+    """dx_i = g_i s_i^-beta - 2 a beta x_i sum_{j in window(i)} g_j y_j / s_j."""
+    x, base = saved
+    size, beta = attrs["size"], float(attrs["beta"])
+    a = _coefficient(attrs)
+    dx = np.empty(x.shape, dtype=x.dtype)
+
+    def run(s: int, e: int) -> None:
+        xb, bb, g, dxb = x[s:e], base[s:e], dy[s:e], dx[s:e]
+        power = _negative_power(bb, beta, out=np.empty(bb.shape, dtype=x.dtype))
+        ratio = np.multiply(g, xb)  # becomes g * y / s = g * x * s^-beta / s
+        ratio *= power
+        ratio /= bb
+        spread = np.empty(bb.shape, dtype=x.dtype)
+        _window_sum(ratio, size // 2, spread)
+        spread *= xb
+        spread *= 2.0 * a * beta
+        np.multiply(g, power, out=dxb)
+        dxb -= spread
+
+    shard_blocks(ctx, run, x.shape[0], x[:1].nbytes)
+    return (dx,)

@@ -1,0 +1,59 @@
+"""The Plan: what the compiler hands the runtime. A flat list of kernel calls over named buffers.
+
+Invariants the compiler guarantees (and tests check):
+- forward steps are in topological order; backward steps in reverse, each after every step that
+  produces a gradient it reads;
+- every buffer an activation or gradient lives in has an arena slot, and no two buffers whose
+  lifetimes overlap share bytes of the arena;
+- `free_after` on a step lists the buffers whose last reader is that step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Step:
+    op: str  # kernel name, a key of alexc_runtime.kernels.KERNELS
+    node: str  # the IR node this step belongs to
+    attrs: Mapping
+    inputs: tuple[str, ...]  # forward: activations then params; backward: (grad of output,)
+    outputs: tuple[str | None, ...]  # forward: (y,); backward: a grad per forward input, or None
+    backward: bool = False
+    accumulate: tuple[bool, ...] = ()  # backward: add into an existing gradient buffer
+    free_after: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Slot:
+    offset: int  # bytes into the arena
+    nbytes: int
+    shape: tuple[int, ...]
+    start: int  # index of the step that writes it (-1: before the first step)
+    end: int  # index of the step that last reads it
+
+
+@dataclass(frozen=True)
+class Plan:
+    batch_size: int
+    inputs: tuple[str, ...]  # fed by the caller: the image, and for training the labels
+    params: tuple[str, ...]
+    outputs: tuple[str, ...]  # inference: the graph's outputs; training: the loss
+    steps: tuple[Step, ...]  # forward steps, then backward steps
+    grads: Mapping[str, str] = field(default_factory=dict)  # param -> its gradient buffer
+    slots: Mapping[str, Slot] = field(default_factory=dict)  # activations and gradients
+    arena_bytes: int = 0  # size of the arena holding activations and gradients
+    extra_bytes: int = 0  # planned peak of kernel state: saved masks, indices, and scratch
+    live_peak_bytes: int = 0  # planned peak of arena buffers in use plus that state, at one step
+    param_bytes: int = 0  # parameters and their gradients
+
+    @property
+    def training(self) -> bool:
+        return any(s.backward for s in self.steps)
+
+    @property
+    def planned_peak_bytes(self) -> int:
+        """What one call holds at its busiest step, parameters and their gradients included."""
+        return self.live_peak_bytes + self.param_bytes

@@ -1,0 +1,220 @@
+"""Lowering, autodiff, memory planning and the NumPy executor on whole graphs."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from conftest import GRAPHS
+
+import alexc
+from alexc.compile import compile
+from alexc.lower import lower
+
+MINI = GRAPHS / "alexnet-mini.yaml"
+
+
+@pytest.fixture(scope="module")
+def mini():
+    return alexc.load_graph(MINI)
+
+
+def _batch(graph, n, seed=0, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, *graph.input.shape)).astype(dtype)
+    y = rng.integers(0, graph.shapes[graph.outputs[0]][0], n)
+    return x, y
+
+
+def _reference_forward(graph, params, x):
+    """An independent forward pass written here with plain NumPy loops over kernel offsets,
+    for the ops of alexnet-mini (conv, relu, lrn paper, maxpool, flatten, linear, dropout off)."""
+    env = {graph.input.name: x.astype(np.float64)}
+    for n in graph.nodes:
+        a = n.attrs
+        v = env[n.inputs[0]]
+        if n.op.value == "conv":
+            w = params[f"{n.name}.weight"].astype(np.float64)
+            pt, pl, pb, pr = a["pad"]
+            v = np.pad(v, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+            kh, kw = a["kernel"]
+            sh, sw = a["stride"]
+            oh = (v.shape[2] - kh) // sh + 1
+            ow = (v.shape[3] - kw) // sw + 1
+            g = a["groups"]
+            cin = v.shape[1] // g
+            fout = w.shape[0] // g
+            out = np.zeros((v.shape[0], w.shape[0], oh, ow))
+            for gi in range(g):
+                for i in range(kh):
+                    for j in range(kw):
+                        patch = v[
+                            :, gi * cin : (gi + 1) * cin, i : i + sh * oh : sh, j : j + sw * ow : sw
+                        ]
+                        out[:, gi * fout : (gi + 1) * fout] += np.einsum(
+                            "nchw,fc->nfhw", patch, w[gi * fout : (gi + 1) * fout, :, i, j]
+                        )
+            v = out + params[f"{n.name}.bias"][None, :, None, None]
+        elif n.op.value == "relu":
+            v = np.maximum(v, 0)
+        elif n.op.value == "lrn":
+            half = a["size"] // 2
+            sq = np.pad(v * v, ((0, 0), (half, half), (0, 0), (0, 0)))
+            window = sum(sq[:, i : i + v.shape[1]] for i in range(a["size"]))
+            v = v / (a["bias"] + a["alpha"] * window) ** a["beta"]
+        elif n.op.value == "maxpool":
+            kh, kw = a["kernel"]
+            sh, sw = a["stride"]
+            oh = (v.shape[2] - kh) // sh + 1
+            ow = (v.shape[3] - kw) // sw + 1
+            v = np.max(
+                [
+                    v[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw]
+                    for i in range(kh)
+                    for j in range(kw)
+                ],
+                axis=0,
+            )
+        elif n.op.value == "flatten":
+            v = v.reshape(v.shape[0], -1)
+        elif n.op.value == "linear":
+            v = v @ params[f"{n.name}.weight"].T.astype(np.float64) + params[f"{n.name}.bias"]
+        elif n.op.value != "dropout":
+            raise NotImplementedError(n.op)
+        env[n.name] = v
+    return env[graph.outputs[0]]
+
+
+def test_forward_matches_independent_reference(mini):
+    params = mini.init_params(1)
+    x, _ = _batch(mini, 3)
+    ours = compile(mini, 3, threads=2).forward(params, x)
+    ref = _reference_forward(mini, params, x)
+    assert ours.dtype == np.float32
+    assert np.max(np.abs(ours - ref)) <= 1e-5 * np.max(np.abs(ref))
+
+
+def test_whole_graph_gradients_against_finite_differences(mini):
+    """float64, dropout off, central differences along a random direction per parameter."""
+    params = {k: v.astype(np.float64) for k, v in mini.init_params(2).items()}
+    x, y = _batch(mini, 4, seed=3, dtype=np.float64)
+    exe = compile(mini, 4)
+    _, grads = exe.loss_and_grads(params, x, y, train=False)
+    rng = np.random.default_rng(4)
+    eps = 1e-7  # small enough that no ReLU or max-pool kink is crossed
+    for name in params:
+        d = rng.standard_normal(params[name].shape)
+        plus = {**params, name: params[name] + eps * d}
+        minus = {**params, name: params[name] - eps * d}
+        fd = (
+            exe.loss_and_grads(plus, x, y, train=False)[0]
+            - exe.loss_and_grads(minus, x, y, train=False)[0]
+        ) / (2 * eps)
+        analytic = float(np.sum(grads[name] * d))
+        assert abs(fd - analytic) <= 1e-5 * max(abs(analytic), 1e-3), name
+
+
+def test_gradient_of_input_sum_of_two_paths():
+    """A value read by two nodes gets the sum of both gradient contributions (accumulation)."""
+    g = alexc.parse_graph("""
+input: {name: x, shape: [3]}
+nodes:
+  - {name: h, op: linear, units: 4, inputs: [x]}
+  - {name: a, op: relu, inputs: [h]}
+  - {name: s, op: add, inputs: [a, h]}
+  - {name: out, op: linear, units: 2, inputs: [s]}
+""")
+    params = {k: v.astype(np.float64) for k, v in g.init_params(0).items()}
+    x = np.random.default_rng(0).standard_normal((5, 3))
+    y = np.array([0, 1, 1, 0, 1])
+    exe = compile(g, 5)
+    plan = exe.plan(5, training=True, dtype=np.float64)
+    assert any(any(s.accumulate) for s in plan.steps if s.backward)
+    _, grads = exe.loss_and_grads(params, x, y)
+    w, b = params["h.weight"], params["h.bias"]
+    h = x @ w.T + b
+    s = np.maximum(h, 0) + h
+    logits = s @ params["out.weight"].T + params["out.bias"]
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    p[np.arange(5), y] -= 1
+    ds = p / 5 @ params["out.weight"]
+    dh = ds * ((h > 0) + 1.0)
+    np.testing.assert_allclose(grads["h.weight"], dh.T @ x, rtol=1e-10)
+    np.testing.assert_allclose(grads["h.bias"], dh.sum(0), rtol=1e-10)
+
+
+def test_inference_plan_strips_dropout_and_keeps_nothing_for_backward(mini):
+    plan = lower(mini, 4, training=False)
+    assert all(s.op != "dropout" for s in plan.steps)
+    assert not plan.training and not plan.grads
+
+
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("path", ["alexnet-mini.yaml", "alexnet.yaml", "alexnet-torchvision.yaml"])
+def test_no_two_live_buffers_overlap(path, training):
+    plan = lower(alexc.load_graph(GRAPHS / path), 8, training=training)
+    slots = list(plan.slots.items())
+    for i, (a, sa) in enumerate(slots):
+        assert sa.offset + sa.nbytes <= plan.arena_bytes
+        for b, sb in slots[i + 1 :]:
+            live_together = not (sa.end < sb.start or sb.end < sa.start)
+            disjoint = sa.offset + sa.nbytes <= sb.offset or sb.offset + sb.nbytes <= sa.offset
+            assert disjoint or not live_together, (a, b)
+    # Reuse happens: the arena is smaller than every buffer side by side.
+    assert plan.arena_bytes < sum(s.nbytes for _, s in slots)
+    # Every buffer is dropped after its last reader, except results.
+    freed = {n for s in plan.steps for n in s.free_after}
+    results = set(plan.outputs) | set(plan.grads.values())
+    assert freed == set(plan.slots) - results
+
+
+def test_same_seed_same_numbers(mini):
+    params = mini.init_params(0)
+    x, y = _batch(mini, 8)
+    runs = []
+    for _ in range(2):
+        exe = compile(mini, 8, threads=2, seed=5)
+        runs.append(exe.loss_and_grads(params, x, y, train=True))
+    assert runs[0][0] == runs[1][0]
+    assert all(np.array_equal(runs[0][1][k], runs[1][1][k]) for k in params)
+
+
+def test_dropout_is_on_in_training_only(mini):
+    params = mini.init_params(0)
+    x, y = _batch(mini, 8)
+    exe = compile(mini, 8)
+    a = exe.loss_and_grads(params, x, y, train=True, rng=np.random.default_rng(1))[0]
+    b = exe.loss_and_grads(params, x, y, train=True, rng=np.random.default_rng(2))[0]
+    c = exe.loss_and_grads(params, x, y, train=False)[0]
+    d = exe.loss_and_grads(params, x, y, train=False)[0]
+    assert a != b and c == d
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_planned_peak_matches_measured(mini, training):
+    """The plan's peak (activations, saved state, scratch, gradients) against what the process
+    allocates during a step, measured by tracemalloc (NumPy reports its allocations to it)."""
+    params = mini.init_params(0)
+    x, y = _batch(mini, 64)
+    exe = compile(mini, 64)
+
+    def step():
+        if training:
+            exe.loss_and_grads(params, x, y)
+        else:
+            exe.forward(params, x)
+
+    step()  # compile the plan first
+    plan = exe.plan(64, training=training)
+    tracemalloc.start()
+    step()
+    _, measured = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    planned = plan.live_peak_bytes + (plan.param_bytes // 2 if training else 0)  # + new grads
+    assert 0.85 * planned <= measured <= 1.15 * planned, (planned, measured)
+
+
+def test_bad_input_shape_is_a_clear_error(mini):
+    exe = compile(mini, 2)
+    with pytest.raises(alexc.AlexcError, match=r"\(N, 1, 28, 28\)"):
+        exe.forward(mini.init_params(0), np.zeros((2, 3, 28, 28), np.float32))
