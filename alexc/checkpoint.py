@@ -1,0 +1,130 @@
+"""Checkpoints: safetensors files (never pickle), written atomically.
+
+Layout: parameters under their own names (`conv1.weight`), optimizer state under
+`momentum/<param name>`, and one metadata entry `alexc` holding JSON (epoch, step, lr, RNG
+state, class names, graph fingerprint, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CheckpointError
+from .ir import Graph
+
+MOMENTUM = "momentum/"
+
+
+def save_checkpoint(
+    path: str | Path,
+    params: Mapping[str, np.ndarray],
+    *,
+    momentum: Mapping[str, np.ndarray] | None = None,
+    meta: Mapping | None = None,
+) -> None:
+    """Write atomically: a temp file in the same folder, fsync, then rename over `path`.
+
+    A reader (or a crash at any moment) sees either the old file or the new one, whole."""
+    from safetensors.numpy import save
+
+    path = Path(path)
+    tensors = {k: np.ascontiguousarray(v) for k, v in params.items()}
+    for k, v in (momentum or {}).items():
+        tensors[MOMENTUM + k] = np.ascontiguousarray(v)
+    blob = save(tensors, metadata={"alexc": json.dumps(dict(meta or {}))})
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot write the checkpoint ({e.strerror})") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict, dict, dict]:
+    """(params, momentum, meta) from a checkpoint; CheckpointError if missing or corrupt."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    path = Path(path)
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such weights file") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        tensors = load(blob)
+        meta_text = _metadata(blob).get("alexc", "{}")
+        meta = json.loads(meta_text)
+    except (SafetensorError, ValueError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({e})") from None
+    params = {k: v for k, v in tensors.items() if not k.startswith(MOMENTUM)}
+    momentum = {k[len(MOMENTUM) :]: v for k, v in tensors.items() if k.startswith(MOMENTUM)}
+    return params, momentum, meta
+
+
+def _metadata(blob: bytes) -> dict:
+    # safetensors' header: 8-byte little-endian length, then JSON with "__metadata__".
+    n = int.from_bytes(blob[:8], "little")
+    return json.loads(blob[8 : 8 + n]).get("__metadata__") or {}
+
+
+def check_params(
+    params: Mapping[str, np.ndarray], graph: Graph, source: str = "weights"
+) -> dict[str, np.ndarray]:
+    """The graph's parameters from `params`, as float32; names what is missing or mis-shaped."""
+    missing = [p.name for p in graph.params if p.name not in params]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise CheckpointError(
+            f"{source}: no tensor '{missing[0]}'{more} for graph '{graph.name}' "
+            "(were these weights trained for another graph?)"
+        )
+    out = {}
+    for p in graph.params:
+        value = params[p.name]
+        if tuple(value.shape) != p.shape:
+            raise CheckpointError(
+                f"{source}: tensor '{p.name}' has shape {list(value.shape)}, graph "
+                f"'{graph.name}' needs {list(p.shape)}"
+            )
+        out[p.name] = np.ascontiguousarray(value, dtype=np.float32)
+    return out
+
+
+def load_weights(path: str | Path, graph: Graph) -> dict[str, np.ndarray]:
+    """Parameters for `graph` from a checkpoint or weights file, checked name by name."""
+    params, _, _ = read_checkpoint(path)
+    return check_params(params, graph, str(path))
+
+
+def load_for_graph(path: str | Path, graph: Graph) -> tuple[Graph, dict[str, np.ndarray]]:
+    """(graph, params) from a checkpoint: a graph trained on another data set (e.g. the paper
+    net on Fashion-MNIST's 10 classes) gets its last layer resized to the checkpoint's classes."""
+    from .graph import with_classes
+
+    params, _, meta = read_checkpoint(path)
+    classes = meta.get("classes")
+    if isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes):
+        if graph.shapes[graph.outputs[0]] != (len(classes),) or graph.classes != tuple(classes):
+            graph = with_classes(graph, len(classes), classes)
+    return graph, check_params(params, graph, str(path))

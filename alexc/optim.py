@@ -1,0 +1,103 @@
+"""SGD with momentum and weight decay (the AlexNet paper's update) and learning-rate schedules."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from .errors import AlexcError
+
+
+class SGD:
+    """The paper's rule, per parameter w with momentum buffer v:
+
+        v <- m * v - wd * lr * w - lr * g
+        w <- w + v
+
+    Updates params and buffers in place (float32), without temporaries beyond one per tensor."""
+
+    def __init__(
+        self,
+        params: Mapping[str, np.ndarray],
+        momentum: float,
+        weight_decay: float,
+        buffers: Mapping[str, np.ndarray] | None = None,
+    ):
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.buffers = {k: np.zeros_like(v) for k, v in params.items()}
+        for k, v in (buffers or {}).items():
+            if k in self.buffers and self.buffers[k].shape == v.shape:
+                self.buffers[k][...] = v
+
+    def step(self, params: dict[str, np.ndarray], grads: Mapping[str, np.ndarray], lr: float):
+        m, decay = self.momentum, self.weight_decay * lr
+        for name, w in params.items():
+            v = self.buffers[name]
+            v *= m
+            v -= decay * w
+            v -= lr * grads[name]
+            w += v
+
+
+class Schedule:
+    """Learning rate per epoch: a step list, or divide by `factor` on a validation plateau.
+
+    Config forms (the `train.schedule` key of a graph file):
+        {step: {milestones: [30, 60], factor: 0.1}}
+        {plateau: {factor: 0.1, patience: 3}}      # watches validation top-1
+        constant (or absent)
+    """
+
+    def __init__(self, config, base_lr: float, state: Mapping | None = None):
+        self.base_lr = base_lr
+        self.kind, opts = _parse_schedule(config)
+        self.factor = float(opts.get("factor", 0.1))
+        self.milestones = sorted(int(m) for m in opts.get("milestones", []))
+        self.patience = int(opts.get("patience", 3))
+        self.plateau_lr = base_lr
+        self.best = -math.inf
+        self.bad_epochs = 0
+        if state:
+            self.plateau_lr = state["plateau_lr"]
+            self.best = state["best"]
+            self.bad_epochs = state["bad_epochs"]
+
+    def lr(self, epoch: int) -> float:
+        if self.kind == "step":
+            return self.base_lr * self.factor ** sum(epoch >= m for m in self.milestones)
+        if self.kind == "plateau":
+            return self.plateau_lr
+        return self.base_lr
+
+    def end_epoch(self, metric: float) -> None:
+        """Report the epoch's validation top-1 (higher is better)."""
+        if self.kind != "plateau":
+            return
+        if metric > self.best:
+            self.best, self.bad_epochs = metric, 0
+        else:
+            self.bad_epochs += 1
+            if self.bad_epochs >= self.patience:
+                self.plateau_lr *= self.factor
+                self.bad_epochs = 0
+
+    def state(self) -> dict:
+        return {"plateau_lr": self.plateau_lr, "best": self.best, "bad_epochs": self.bad_epochs}
+
+
+def _parse_schedule(config) -> tuple[str, dict]:
+    if config in (None, "constant", {}):
+        return "constant", {}
+    if isinstance(config, Mapping) and len(config) == 1:
+        ((kind, opts),) = config.items()
+        opts = opts or {}
+        known = {"step": {"milestones", "factor"}, "plateau": {"factor", "patience"}}
+        if kind in known and isinstance(opts, Mapping) and set(opts) <= known[kind]:
+            return kind, dict(opts)
+    raise AlexcError(
+        f"train.schedule {config!r} is not understood; use constant, "
+        "{step: {milestones: [30, 60], factor: 0.1}} or {plateau: {factor: 0.1, patience: 3}}"
+    )

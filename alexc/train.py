@@ -1,0 +1,469 @@
+"""Training: the graph file's `train:` recipe (CLI flags override it), SGD, validation,
+checkpoints that survive any crash, and exact resume.
+
+Determinism: the data order and augmentation are keyed by (seed, epoch, sample), the dropout
+masks of step s by (seed, s), and checkpoints hold the exact float32 weights, momentum and
+schedule state, so a resumed run continues bit for bit (with one thread; more threads keep
+BLAS's summation order fixed per run but not across thread counts).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import check_params, read_checkpoint, save_checkpoint
+from .compile import compile
+from .errors import AlexcError, CheckpointError
+from .graph import with_classes
+from .ir import Graph, init_param
+from .optim import SGD, Schedule
+
+TRAIN_KEYS = (
+    "batch_size",
+    "epochs",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "schedule",
+    "label_smoothing",
+    "optimizer",
+)
+
+
+@dataclass
+class Recipe:
+    batch_size: int = 128
+    epochs: int = 10
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    schedule: object = None
+    label_smoothing: float = 0.0
+
+    @classmethod
+    def from_graph(cls, graph: Graph, **overrides) -> Recipe:
+        """The graph file's `train:` section, with non-None overrides on top."""
+        section = dict(graph.train)
+        unknown = sorted(set(section) - set(TRAIN_KEYS))
+        if unknown:
+            raise AlexcError(
+                f"{graph.source}: train: unknown key '{unknown[0]}' "
+                f"(known: {', '.join(TRAIN_KEYS)})"
+            )
+        if section.pop("optimizer", "sgd") != "sgd":
+            raise AlexcError(f"{graph.source}: train: optimizer must be sgd")
+        recipe = cls(**section)
+        for k, v in overrides.items():
+            if v is not None:
+                setattr(recipe, k, v)
+        for k in ("batch_size", "epochs"):
+            if not isinstance(getattr(recipe, k), int) or getattr(recipe, k) < 1:
+                raise AlexcError(f"train: {k} must be a positive integer")
+        if not recipe.lr > 0 or not math.isfinite(recipe.lr):
+            raise AlexcError("train: lr must be a positive number")
+        Schedule(recipe.schedule, recipe.lr)  # validates the schedule now, not epochs later
+        return recipe
+
+
+@dataclass
+class RunState:
+    """Where a run stands: saved in every checkpoint's metadata."""
+
+    epoch: int = 0  # the epoch in progress
+    batch: int = 0  # the next batch of that epoch
+    step: int = 0  # optimizer steps taken
+    best_top1: float = -1.0
+    schedule: dict = field(default_factory=dict)
+
+
+def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
+    k = min(k, logits.shape[1])
+    top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    return int((top == labels[:, None]).any(axis=1).sum())
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def evaluate(executor, params, loader, crops: int = 1) -> dict:
+    """Top-1, top-5 and mean loss of `params` over every batch of `loader` (dropout off).
+
+    With `crops` > 1 the loader yields that many crops per image, in consecutive rows, and
+    the prediction is the mean of their softmax (the paper's 10-crop evaluation)."""
+    n = correct1 = correct5 = 0
+    loss_sum = 0.0
+    for x, y in loader:
+        logp = log_softmax(executor.forward(params, x))
+        if crops > 1:
+            logp = np.log(np.exp(logp).reshape(len(y), crops, -1).mean(axis=1))
+        logits = logp
+        loss_sum += float(-logp[np.arange(len(y)), y].sum())
+        correct1 += topk_correct(logits, y, 1)
+        correct5 += topk_correct(logits, y, 5)
+        n += len(y)
+    if n == 0:
+        raise AlexcError("the validation set is empty")
+    return {"top1": correct1 / n, "top5": correct5 / n, "loss": loss_sum / n, "images": n}
+
+
+def adapt_graph(graph: Graph, classes: list[str]) -> Graph:
+    """Size the last linear layer to the data's classes and record their names."""
+    if graph.shapes[graph.outputs[0]] != (len(classes),) or graph.classes != tuple(classes):
+        graph = with_classes(graph, len(classes), classes)
+    return graph
+
+
+def initial_params(graph: Graph, seed: int, init_weights: str | None, notice) -> dict:
+    """Fresh parameters, or pretrained ones with mismatched tensors re-initialised."""
+    params = graph.init_params(seed)
+    if init_weights is None:
+        return params
+    loaded, _, _ = read_checkpoint(init_weights)
+    fresh = []
+    for p in graph.params:
+        value = loaded.get(p.name)
+        if value is not None and tuple(value.shape) == p.shape:
+            params[p.name] = np.ascontiguousarray(value, dtype=np.float32)
+        else:
+            fresh.append(p.name)
+            params[p.name] = init_param(p, seed)
+    if len(fresh) == len(graph.params):
+        raise CheckpointError(f"{init_weights}: no tensor fits graph '{graph.name}'")
+    if fresh:
+        notice(
+            f"re-initialised {len(fresh)} tensor(s) whose shape differs or that are missing in "
+            f"{init_weights}: {', '.join(fresh)}"
+        )
+    return params
+
+
+class MetricsLog:
+    """Appends one JSON object per line; flushed per line so a killed run keeps its log."""
+
+    def __init__(self, path: Path):
+        self.file = open(path, "a", buffering=1)  # noqa: SIM115 - closed by close()
+
+    def write(self, **record):
+        self.file.write(json.dumps(record) + "\n")
+
+    def close(self):
+        self.file.close()
+
+
+def train(
+    graph: Graph,
+    *,
+    data: str = "fashion-mnist",
+    out: str | Path = "runs/latest",
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    threads: int = 2,
+    seed: int = 0,
+    resume: str | Path | None = None,
+    init_weights: str | Path | None = None,
+    checkpoint_every: int | None = None,
+    workers: int = 2,
+    limit_batches: int | None = None,
+    console=None,
+) -> dict:
+    """Train `graph` and return the final metrics; see `alexc train --help` for the options.
+
+    Writes RUN_DIR/metrics.jsonl, RUN_DIR/last.safetensors (every `checkpoint_every` steps and
+    each epoch) and RUN_DIR/best.safetensors (best validation top-1)."""
+    from .data import Augment, Loader, open_source
+
+    say = console.print if console is not None else print
+    recipe = Recipe.from_graph(graph, epochs=epochs, batch_size=batch_size, lr=lr)
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AlexcError(f"{out}: cannot create the run directory ({e.strerror})") from None
+
+    resumed = read_checkpoint(resume) if resume is not None else None
+    if resumed is not None:
+        seed = resumed[2].get("seed", seed)  # the data split and order depend on it
+    channels = graph.input.shape[0]
+    train_src = open_source(data, split="train", channels=channels, seed=seed)
+    val_src = open_source(data, split="val", channels=channels, seed=seed)
+    graph = adapt_graph(graph, list(train_src.classes))
+    augment = Augment.from_config(graph.data, graph.input.shape)
+
+    state = RunState()
+    momentum = None
+    if resumed is not None:
+        loaded, momentum, meta = resumed
+        if meta.get("graph") != graph.fingerprint():
+            raise CheckpointError(
+                f"{resume}: was written for another graph (or other classes); "
+                "resume needs the same graph file and data"
+            )
+        params = check_params(loaded, graph, str(resume))
+        state = RunState(**meta["state"])
+        say(
+            f"resuming from {resume}: epoch {state.epoch + 1}, batch {state.batch}, "
+            f"step {state.step}"
+        )
+    else:
+        params = initial_params(graph, seed, init_weights, say)
+
+    schedule = Schedule(recipe.schedule, recipe.lr, state.schedule or None)
+    sgd = SGD(params, recipe.momentum, recipe.weight_decay, momentum)
+    executor = compile(
+        graph, recipe.batch_size, threads=threads, seed=seed, label_smoothing=recipe.label_smoothing
+    )
+    log = MetricsLog(out / "metrics.jsonl")
+    log.write(
+        event="start",
+        graph=graph.name,
+        data=str(data),
+        recipe=asdict(recipe),
+        seed=seed,
+        threads=threads,
+        train_images=len(train_src),
+        val_images=len(val_src),
+        skipped=len(getattr(train_src, "skipped", [])),
+    )
+    skipped = getattr(train_src, "skipped", [])
+    if skipped:
+        say(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0][0]}: {skipped[0][1]}")
+
+    last = out / "last.safetensors"
+
+    def diverged(what: str) -> AlexcError:
+        kept = f"{last} keeps the last good weights" if last.exists() else "no checkpoint was kept"
+        return AlexcError(
+            f"training diverged: {what} at epoch {state.epoch + 1}, step "
+            f"{state.step}; stopped, {kept} (try a lower --lr)"
+        )
+
+    def checkpoint(path: Path):
+        if not all(np.isfinite(v).all() for v in params.values()):
+            raise diverged("the weights are no longer finite")
+        meta = {
+            "state": asdict(state) | {"schedule": schedule.state()},
+            "seed": seed,
+            "graph": graph.fingerprint(),
+            "graph_name": graph.name,
+            "classes": list(graph.classes or []),
+            "lr": schedule.lr(state.epoch),
+            "epoch": state.epoch,
+            "step": state.step,
+            "recipe": asdict(recipe),
+            "input_shape": list(graph.input.shape),
+            "data": dict(graph.data),
+        }
+        save_checkpoint(path, params, momentum=sgd.buffers, meta=meta)
+
+    final = {}
+    started = time.perf_counter()
+    updating = False
+    sigint = _DeferredInterrupt()
+    try:
+        while state.epoch < recipe.epochs:
+            epoch = state.epoch
+            lr_now = schedule.lr(epoch)
+            loader = Loader(
+                train_src,
+                augment,
+                batch_size=recipe.batch_size,
+                train=True,
+                seed=seed,
+                epoch=epoch,
+                start_batch=state.batch,
+                workers=workers,
+            )
+            total = loader.batches_per_epoch
+            if limit_batches is not None:
+                total = min(total, limit_batches)
+            seen = correct = 0
+            loss_sum = 0.0
+            t0 = time.perf_counter()
+            with (
+                loader,
+                _progress(console, f"epoch {epoch + 1}/{recipe.epochs}", total, state.batch) as bar,
+            ):
+                for x, y in loader:
+                    if state.batch >= total:
+                        break
+                    rng = np.random.default_rng([seed, state.step])
+                    with np.errstate(over="ignore", invalid="ignore"):  # divergence: below
+                        loss, logits, grads = executor.train_step(params, x, y, train=True, rng=rng)
+                    if not math.isfinite(loss):
+                        raise diverged(f"the loss became {loss}")
+                    updating = True  # an interrupt now would leave a half-applied update
+                    sgd.step(params, grads, lr_now)
+                    state.step += 1
+                    state.batch += 1
+                    updating = False
+                    seen += len(y)
+                    loss_sum += loss * len(y)
+                    correct += topk_correct(logits, y, 1)
+                    elapsed = time.perf_counter() - t0
+                    bar(
+                        loss=loss_sum / seen,
+                        accuracy=correct / seen,
+                        images_per_s=seen / max(elapsed, 1e-9),
+                    )
+                    if checkpoint_every and state.step % checkpoint_every == 0:
+                        checkpoint(last)
+                    if state.step % 50 == 0:
+                        log.write(
+                            event="step",
+                            epoch=epoch + 1,
+                            step=state.step,
+                            lr=lr_now,
+                            loss=loss,
+                            images_per_s=seen / max(elapsed, 1e-9),
+                        )
+                    if sigint.requested:
+                        raise KeyboardInterrupt
+            train_time = time.perf_counter() - t0
+            val_loader = Loader(
+                val_src,
+                augment,
+                batch_size=max(recipe.batch_size, 256),
+                train=False,
+                seed=seed,
+                workers=workers,
+            )
+            with val_loader:
+                val = evaluate(executor, params, val_loader)
+            schedule.end_epoch(val["top1"])
+            state.epoch += 1
+            state.batch = 0
+            improved = val["top1"] > state.best_top1
+            if improved:
+                state.best_top1 = val["top1"]
+            checkpoint(last)
+            if improved:
+                checkpoint(out / "best.safetensors")
+            record = {
+                "event": "epoch",
+                "epoch": epoch + 1,
+                "step": state.step,
+                "lr": lr_now,
+                "train_loss": loss_sum / max(seen, 1),
+                "train_top1": correct / max(seen, 1),
+                "val_top1": val["top1"],
+                "val_top5": val["top5"],
+                "val_loss": val["loss"],
+                "images_per_s": seen / max(train_time, 1e-9),
+                "epoch_seconds": train_time,
+                "elapsed_seconds": time.perf_counter() - started,
+            }
+            log.write(**record)
+            say(
+                f"epoch {epoch + 1}/{recipe.epochs}: train loss {record['train_loss']:.4f}, "
+                f"val top-1 {val['top1']:.4f}, top-5 {val['top5']:.4f}, "
+                f"{record['images_per_s']:.0f} img/s, {train_time:.0f} s"
+            )
+            final = record
+    except KeyboardInterrupt:
+        log.write(event="interrupted", epoch=state.epoch + 1, step=state.step)
+        if updating:
+            say(f"interrupted during an update: {last} keeps the state of its last save")
+        else:  # the arrays hold the state after the last completed step
+            checkpoint(last)
+            say(
+                f"interrupted: saved {last} (epoch {state.epoch + 1}, step {state.step}); "
+                f"continue with --resume {last}"
+            )
+        raise
+    finally:
+        sigint.restore()
+        log.close()
+        executor.close()
+    return final | {"run_dir": str(out), "seconds": time.perf_counter() - started}
+
+
+class _DeferredInterrupt:
+    """The first Ctrl-C asks the loop to stop after the current step (which then saves); a
+    second one interrupts at once. Only the main thread can install signal handlers."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+class _progress:
+    """A progress bar on a terminal; silent elsewhere (per-epoch lines are printed anyway)."""
+
+    def __init__(self, console, title: str, total: int, done: int):
+        self.console, self.title, self.total, self.done = console, title, total, done
+        self.bar = None
+
+    def __enter__(self):
+        if self.console is not None and self.console.is_terminal:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task(
+                self.title, total=self.total, completed=self.done, info=""
+            )
+        return self
+
+    def __call__(self, loss: float, accuracy: float, images_per_s: float):
+        if self.bar is not None:
+            self.bar.update(
+                self.task,
+                advance=1,
+                info=f"loss {loss:.4f}  acc {accuracy:.3f}  {images_per_s:,.0f} img/s",
+            )
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+        return False
+
+
+def load_run_metrics(run_dir: str | Path) -> list[Mapping]:
+    """The records of RUN_DIR/metrics.jsonl (a torn last line from a killed run is ignored)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        raise AlexcError(f"{run_dir}: no metrics.jsonl (is this a run directory of alexc train?)")
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records

@@ -1,0 +1,357 @@
+"""SGD, schedules, checkpoints, the trainer (resume, crash safety, NaN, fine-tuning) and the
+train / eval / infer / plot commands, on small generated image folders."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT
+from PIL import Image
+
+import alexc
+from alexc.checkpoint import read_checkpoint, save_checkpoint
+from alexc.optim import SGD, Schedule
+from alexc.train import train
+
+TINY = """\
+name: tiny
+input: {name: image, shape: [3, 8, 8]}
+nodes:
+  - {name: conv1, op: conv, filters: 4, kernel: 3, pad: 1}
+  - {name: relu1, op: relu}
+  - {name: pool1, op: maxpool, kernel: 2, stride: 2}
+  - {name: flatten, op: flatten}
+  - {name: fc6, op: linear, units: 16}
+  - {name: relu6, op: relu}
+  - {name: drop6, op: dropout, rate: 0.5}
+  - {name: fc8, op: linear, units: 7}
+train: {batch_size: 8, epochs: 2, lr: 0.05, momentum: 0.9, weight_decay: 0.0005}
+data: {flip: true, mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}
+"""
+
+
+def make_folder(root: Path, per_class=24, classes=("red", "green", "blue"), seed=0, size=8):
+    """Class k's images are bright in channel k, plus noise: learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    for k, name in enumerate(classes):
+        d = root / name
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            img = rng.integers(0, 90, (size, size, 3))
+            img[..., k % 3] += 160 if k < 3 else 80
+            Image.fromarray(img.astype(np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return alexc.load_graph(path), path
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return make_folder(tmp_path / "images")
+
+
+# --- optimizer and schedules ----------------------------------------------------------------
+
+
+def test_sgd_matches_hand_computation():
+    w0 = np.array([1.0, -2.0], np.float32)
+    params = {"w": w0.copy()}
+    sgd = SGD(params, momentum=0.9, weight_decay=0.1)
+    g1, g2 = np.array([0.5, 0.5], np.float32), np.array([-1.0, 2.0], np.float32)
+    sgd.step(params, {"w": g1}, lr=0.1)
+    # v1 = 0.9*0 - 0.1*0.1*w0 - 0.1*g1 ; w1 = w0 + v1
+    v1 = -0.01 * w0 - 0.1 * g1
+    w1 = w0 + v1
+    np.testing.assert_allclose(params["w"], w1, rtol=1e-6)
+    sgd.step(params, {"w": g2}, lr=0.01)
+    v2 = 0.9 * v1 - 0.1 * 0.01 * w1 - 0.01 * g2
+    np.testing.assert_allclose(params["w"], w1 + v2, rtol=1e-6)
+    np.testing.assert_allclose(sgd.buffers["w"], v2, rtol=1e-6)
+
+
+def test_step_schedule():
+    s = Schedule({"step": {"milestones": [2, 4], "factor": 0.1}}, 1.0)
+    assert [round(s.lr(e), 6) for e in range(6)] == [1, 1, 0.1, 0.1, 0.01, 0.01]
+
+
+def test_plateau_schedule_divides_after_patience_and_restores():
+    s = Schedule({"plateau": {"factor": 0.1, "patience": 2}}, 0.01)
+    for top1 in [0.5, 0.6, 0.6, 0.59]:
+        s.end_epoch(top1)
+    assert s.lr(4) == pytest.approx(0.001)
+    s.end_epoch(0.55)
+    assert s.lr(5) == pytest.approx(0.001)
+    restored = Schedule({"plateau": {"factor": 0.1, "patience": 2}}, 0.01, s.state())
+    restored.end_epoch(0.5)
+    assert restored.lr(6) == pytest.approx(0.0001)
+
+
+def test_bad_schedule_is_a_clear_error():
+    with pytest.raises(alexc.AlexcError, match="schedule"):
+        Schedule({"cosine": {}}, 0.1)
+
+
+# --- checkpoints ----------------------------------------------------------------------------
+
+
+def test_checkpoint_round_trip_and_atomic_replace(tmp_path):
+    path = tmp_path / "c.safetensors"
+    a = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    save_checkpoint(path, a, momentum={"w": -a["w"]}, meta={"epoch": 3})
+    params, momentum, meta = read_checkpoint(path)
+    assert np.array_equal(params["w"], a["w"]) and np.array_equal(momentum["w"], -a["w"])
+    assert meta == {"epoch": 3}
+    assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]  # no temp file left
+
+
+def test_failed_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, {"w": np.ones(3, np.float32)}, meta={"v": 1})
+
+    def broken_fsync(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"w": np.zeros(3, np.float32)}, meta={"v": 2})
+    monkeypatch.undo()
+    params, _, meta = read_checkpoint(path)
+    assert meta == {"v": 1} and np.all(params["w"] == 1)
+    assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all")
+    with pytest.raises(alexc.CheckpointError, match="bad.safetensors"):
+        read_checkpoint(path)
+
+
+# --- the trainer ----------------------------------------------------------------------------
+
+
+def _state(run: Path):
+    params, momentum, meta = read_checkpoint(run / "last.safetensors")
+    return params, momentum, meta
+
+
+def test_loss_falls_and_run_dir_is_complete(tiny, folder, tmp_path):
+    graph, _ = tiny
+    result = train(graph, data=str(folder), out=tmp_path / "run", epochs=3, threads=1, seed=0)
+    records = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    epochs = [r for r in records if r["event"] == "epoch"]
+    assert len(epochs) == 3
+    assert epochs[-1]["train_loss"] < 0.7 * epochs[0]["train_loss"]
+    assert result["val_top1"] >= 0.6  # three colour classes; chance is 1/3
+    params, momentum, meta = _state(tmp_path / "run")
+    assert params["fc8.weight"].shape == (3, 16)  # sized to the data's three classes
+    assert set(momentum) == set(params)
+    assert meta["classes"] == ["blue", "green", "red"] and meta["epoch"] == 3
+    assert (tmp_path / "run" / "best.safetensors").exists()
+
+
+def test_two_epochs_equal_one_plus_resume_plus_one_bit_for_bit(tiny, folder, tmp_path):
+    graph, _ = tiny
+    train(graph, data=str(folder), out=tmp_path / "straight", epochs=2, threads=1, seed=7)
+    train(graph, data=str(folder), out=tmp_path / "split", epochs=1, threads=1, seed=7)
+    train(
+        graph,
+        data=str(folder),
+        out=tmp_path / "split",
+        epochs=2,
+        threads=1,
+        seed=7,
+        resume=tmp_path / "split" / "last.safetensors",
+    )
+    a, ma, _ = _state(tmp_path / "straight")
+    b, mb, _ = _state(tmp_path / "split")
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+        assert np.array_equal(ma[k], mb[k]), k
+
+
+def test_ctrl_c_saves_and_resume_mid_epoch_is_exact(tiny, folder, tmp_path, monkeypatch):
+    graph, _ = tiny
+    train(graph, data=str(folder), out=tmp_path / "straight", epochs=1, threads=1, seed=3)
+    # Ctrl-C during the 4th step: the state after 3 steps is saved, then resumed.
+    real_step = alexc.Executor.train_step
+    calls = []
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(alexc.Executor, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(graph, data=str(folder), out=tmp_path / "cut", epochs=1, threads=1, seed=3)
+    monkeypatch.undo()
+    _, _, meta = _state(tmp_path / "cut")
+    assert meta["state"]["batch"] == 3 and meta["state"]["epoch"] == 0
+    train(
+        graph,
+        data=str(folder),
+        out=tmp_path / "cut",
+        epochs=1,
+        threads=1,
+        seed=3,
+        resume=tmp_path / "cut" / "last.safetensors",
+    )
+    a, _, _ = _state(tmp_path / "straight")
+    b, _, _ = _state(tmp_path / "cut")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_last_good(tiny, folder, tmp_path):
+    graph, _ = tiny
+    with pytest.raises(alexc.AlexcError, match="diverged|loss became") as e:
+        train(
+            graph,
+            data=str(folder),
+            out=tmp_path / "run",
+            epochs=1,
+            lr=1e30,
+            threads=1,
+            checkpoint_every=1,
+        )
+    assert "last.safetensors" in str(e.value)
+    params, _, _ = _state(tmp_path / "run")
+    assert all(np.isfinite(v).all() for v in params.values())
+
+
+def test_init_weights_reinitialises_mismatched_tensors(tiny, folder, tmp_path):
+    graph, _ = tiny
+    train(graph, data=str(folder), out=tmp_path / "pre", epochs=1, threads=1)
+    four = make_folder(tmp_path / "four", per_class=8, classes=("a", "b", "c", "d"))
+    notices = []
+
+    class Console:
+        is_terminal = False
+
+        def print(self, *args, **kwargs):
+            notices.append(" ".join(map(str, args)))
+
+    pre, _, _ = _state(tmp_path / "pre")
+    train(
+        graph,
+        data=str(four),
+        out=tmp_path / "fine",
+        epochs=1,
+        threads=1,
+        lr=1e-9,
+        init_weights=tmp_path / "pre" / "last.safetensors",
+        console=Console(),
+    )
+    assert any("fc8.weight" in n and "fc8.bias" in n and "re-initialised" in n for n in notices)
+    fine, _, _ = _state(tmp_path / "fine")
+    assert fine["fc8.weight"].shape == (4, 16)
+    np.testing.assert_allclose(fine["conv1.weight"], pre["conv1.weight"], atol=1e-6)
+
+
+# --- crash safety: SIGKILL at any moment leaves a readable checkpoint ---------------------------
+
+
+def test_sigkill_leaves_a_readable_checkpoint_and_resume_finishes(tiny, tmp_path):
+    _, graph_path = tiny
+    data = make_folder(tmp_path / "big", per_class=200)
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'runtime'}"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "alexc",
+        "train",
+        str(graph_path),
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--epochs",
+        "3",
+        "--threads",
+        "1",
+        "--checkpoint-every",
+        "1",
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not (run / "last.safetensors").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # let it write a few more checkpoints, then kill it mid-way
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    params, _, meta = read_checkpoint(run / "last.safetensors")
+    assert meta["step"] >= 1 and params
+    done = subprocess.run(
+        cmd + ["--resume", str(run / "last.safetensors")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    _, _, meta = read_checkpoint(run / "last.safetensors")
+    assert meta["epoch"] == 3
+
+
+# --- the commands ---------------------------------------------------------------------------
+
+
+def test_train_eval_infer_plot_commands(tiny, folder, tmp_path, run_cli):
+    _, graph_path = tiny
+    run = tmp_path / "run"
+    code, out, err = run_cli(
+        "train", graph_path, "--data", folder, "--out", run, "--epochs", "2", "--threads", "1"
+    )
+    assert code == 0, err
+    ckpt = run / "best.safetensors"
+    code, out, err = run_cli("eval", graph_path, "--weights", ckpt, "--data", folder, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert 0 <= result["top1"] <= result["top5"] <= 1 and result["images"] > 0
+    best = max(
+        json.loads(line)["val_top1"]
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+        if '"epoch"' in line and "val_top1" in line
+    )
+    assert result["top1"] == pytest.approx(best)
+    image = next((folder / "red").iterdir())
+    code, out, err = run_cli("infer", graph_path, "--weights", ckpt, image, "--top", "2", "--json")
+    assert code == 0, err
+    (pred,) = json.loads(out)
+    assert len(pred["top"]) == 2 and pred["top"][0]["class"] in ("red", "green", "blue")
+    assert pred["top"][0]["probability"] >= pred["top"][1]["probability"]
+    code, out, err = run_cli("plot", run)
+    assert code == 0, err
+    png = Image.open(run / "curves.png")
+    assert png.size[0] > 500 and len(np.unique(np.asarray(png).reshape(-1, 3), axis=0)) > 4
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--weights", "missing.safetensors"], "no such weights file"),
+        (["--data", "/nonexistent/folder"], "nonexistent"),
+    ],
+)
+def test_eval_bad_input(tiny, folder, run_cli, args, message, tmp_path):
+    _, graph_path = tiny
+    base = ["eval", graph_path, "--data", folder, "--weights", tmp_path / "w.safetensors"]
+    save_checkpoint(tmp_path / "w.safetensors", alexc.load_graph(graph_path).init_params(0))
+    code, _, err = run_cli(*base, *args)
+    assert code == 1 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
