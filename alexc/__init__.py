@@ -1,10 +1,26 @@
 """alexc: a small compiler for convolutional networks: YAML graphs to a NumPy trainer and ONNX."""
 
+__version__ = "0.1.0"
+
 from .compile import Executor, compile
 from .errors import AlexcError, CheckpointError, DataError, GraphError
 from .frontend import load_graph, parse_graph
 from .graph import build_graph, verify
 from .ir import Graph, Input, Node, Op, Param
+
+
+def __getattr__(name):
+    # ONNX support is imported on first use, so `import alexc` stays light.
+    if name == "export_onnx":
+        from .onnx_export import export_onnx
+
+        return export_onnx
+    if name == "import_onnx":
+        from .onnx_import import import_onnx
+
+        return import_onnx
+    raise AttributeError(f"module 'alexc' has no attribute {name!r}")
+
 
 __all__ = [
     "AlexcError",
@@ -19,6 +35,8 @@ __all__ = [
     "Param",
     "build_graph",
     "compile",
+    "export_onnx",
+    "import_onnx",
     "load_graph",
     "parse_graph",
     "verify",

@@ -44,6 +44,9 @@ def save_checkpoint(
     except OSError as e:
         raise CheckpointError(f"{path}: cannot write the checkpoint ({e.strerror})") from None
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
             f.flush()

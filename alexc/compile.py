@@ -67,7 +67,8 @@ class Executor:
         self._check_input(x)
         exe = self._executor(x.shape[0], False, x.dtype)
         outs, _ = exe.run({self.graph.input.name: x}, params, train=False)
-        return outs
+        # Positional: stripping dropout may rename an output to the dropout's input.
+        return dict(zip(self.graph.outputs, (outs[o] for o in exe.plan.outputs), strict=True))
 
     def forward(self, params: Mapping[str, np.ndarray], x: np.ndarray) -> np.ndarray:
         """The first graph output (the logits) for a batch, in inference mode."""
@@ -98,7 +99,7 @@ class Executor:
         exe = self._executor(x.shape[0], True, x.dtype)
         feeds = {self.graph.input.name: x, LABELS: labels, grad_name(LOSS): np.ones((), x.dtype)}
         outs, grads = exe.run(feeds, params, train=train, rng=rng or self.rng)
-        return float(outs[LOSS]), outs[self.graph.outputs[0]], grads
+        return float(outs[LOSS]), outs[exe.plan.outputs[-1]], grads
 
     def predictor(self, params: Mapping[str, np.ndarray]) -> Predictor:
         """An object with `.predict(x)`: the same interface as the onnxruntime executor."""

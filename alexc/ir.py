@@ -31,6 +31,7 @@ class Op(str, Enum):
     LINEAR = "linear"
     SOFTMAX_CROSS_ENTROPY = "softmax_cross_entropy"
     SOFTMAX = "softmax"
+    LOG_SOFTMAX = "log_softmax"
     CONCAT = "concat"
     ADD = "add"
 

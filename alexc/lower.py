@@ -31,7 +31,7 @@ def _elements(shape) -> int:
     return math.prod(shape)
 
 
-def _none(ins, out, itemsize) -> int:
+def _none(attrs, ins, out, itemsize) -> int:
     return 0
 
 
@@ -41,48 +41,57 @@ class Memory:
     function of (input shapes, output shape, itemsize), batch included):
     `inputs`/`output`: forward values its backward reads (kept alive by reference);
     `saved`: new arrays kept from forward to backward (masks, argmax indices);
-    `workspace` and `backward_workspace`: scratch while the forward or backward step runs."""
+    `workspace` and `backward_workspace`: scratch while the forward or backward step runs.
+    Each function takes (attrs, input shapes, output shape, itemsize)."""
 
     inputs: tuple[int, ...] = ()
     output: bool = False
-    saved: Callable[[list[Shape], Shape, int], int] = _none
-    workspace: Callable[[list[Shape], Shape, int], int] = _none
-    backward_workspace: Callable[[list[Shape], Shape, int], int] = _none
+    saved: Callable = _none
+    workspace: Callable = _none
+    backward_workspace: Callable = _none
 
 
 COLS_BUDGET = 16 << 20  # alexc_runtime.kernels.conv.COLS_BUDGET
 
 
-def _conv_block(ins, out, b) -> tuple[int, int]:
-    """(samples per GEMM block, im2col bytes per sample), as the conv kernel chooses them."""
-    (n, c, _, _), (_, _, kh, kw) = ins[0], ins[1]
-    per_sample = c * kh * kw * out[2] * out[3] * b
-    return max(1, min(n, COLS_BUDGET // per_sample)), per_sample
+def _conv_block(a, ins, out, b) -> tuple[int, int, int]:
+    """(samples per GEMM block, columns per sample, padded-input bytes per sample), as the conv
+    kernel chooses them (wide rows of the padded width when the horizontal stride is 1)."""
+    (n, c, h, w), (_, _, kh, kw) = ins[0], ins[1]
+    top, left, bottom, right = a["pad"]
+    wp, hp = w + left + right, h + top + bottom
+    oh, ow = out[2], out[3]
+    cw = wp if a["stride"][1] == 1 else ow
+    positions = oh * cw
+    per_sample = c * kh * kw * positions * b
+    return max(1, min(n, COLS_BUDGET // per_sample)), positions, c * (hp + 1) * wp * b
 
 
-def _conv_workspace(ins, out, b):
-    block, per_sample = _conv_block(ins, out, b)
-    return block * (per_sample + _elements(out[1:]) * b)
+def _conv_workspace(a, ins, out, b):
+    block, positions, padded = _conv_block(a, ins, out, b)
+    c, (_, _, kh, kw) = ins[0][1], ins[1]
+    return block * (c * kh * kw * positions * b + out[1] * positions * b + padded)
 
 
-def _conv_backward_workspace(ins, out, b):
-    return _conv_workspace(ins, out, b) + 2 * _elements(ins[1]) * b
+def _conv_backward_workspace(a, ins, out, b):
+    return _conv_workspace(a, ins, out, b) + 2 * _elements(ins[1]) * b
 
 
 MEMORY: dict[Op, Memory] = {
     Op.CONV: Memory(
         inputs=(0, 1), workspace=_conv_workspace, backward_workspace=_conv_backward_workspace
     ),
-    Op.RELU: Memory(saved=lambda ins, out, b: _elements(out)),  # a bool mask
-    Op.LRN: Memory(inputs=(0,), saved=lambda ins, out, b: _elements(out) * b),  # the scale s
-    Op.MAXPOOL: Memory(saved=lambda ins, out, b: _elements(out)),  # uint8 argmax in the window
+    Op.RELU: Memory(saved=lambda a, ins, out, b: _elements(out)),  # a bool mask
+    Op.LRN: Memory(inputs=(0,), saved=lambda a, ins, out, b: _elements(out) * b),  # the scale s
+    Op.MAXPOOL: Memory(saved=lambda a, ins, out, b: _elements(out)),  # uint8 argmax in the window
     Op.AVGPOOL: Memory(),
     Op.ADAPTIVE_AVGPOOL: Memory(),
     Op.FLATTEN: Memory(),
-    Op.DROPOUT: Memory(saved=lambda ins, out, b: _elements(out)),  # a bool mask
+    Op.DROPOUT: Memory(saved=lambda a, ins, out, b: _elements(out)),  # a bool mask
     Op.LINEAR: Memory(inputs=(0, 1)),
-    Op.SOFTMAX_CROSS_ENTROPY: Memory(saved=lambda ins, out, b: _elements(ins[0]) * b),
+    Op.SOFTMAX_CROSS_ENTROPY: Memory(saved=lambda a, ins, out, b: _elements(ins[0]) * b),
     Op.SOFTMAX: Memory(output=True),
+    Op.LOG_SOFTMAX: Memory(output=True),
     Op.CONCAT: Memory(),
     Op.ADD: Memory(),
 }
@@ -114,14 +123,24 @@ def strip_dropout(graph: Graph) -> Graph:
     )
 
 
+def logits_of(graph: Graph) -> str:
+    """The value the loss reads: the first output, or the input of a (log-)softmax output
+    (imported classifiers often end in one; cross-entropy wants the logits before it)."""
+    out = graph.outputs[0]
+    node = next((n for n in graph.nodes if n.name == out), None)
+    if node is not None and node.op in (Op.SOFTMAX, Op.LOG_SOFTMAX) and node.attrs["axis"] == 1:
+        return node.inputs[0]
+    return out
+
+
 def add_loss(graph: Graph, label_smoothing: float = 0.0) -> Graph:
-    """Training pass: mean softmax cross-entropy of the first output against `labels`."""
+    """Training pass: mean softmax cross-entropy of the logits against `labels`."""
     if any(n.op is Op.SOFTMAX_CROSS_ENTROPY for n in graph.nodes):
         return graph
     loss = Node(
         Op.SOFTMAX_CROSS_ENTROPY,
         LOSS,
-        (graph.outputs[0],),
+        (logits_of(graph),),
         {"label_smoothing": float(label_smoothing)},
     )
     return build_graph(
@@ -146,7 +165,7 @@ def lower(
     graph: Graph, batch_size: int, *, training: bool, dtype=np.float32, label_smoothing: float = 0.0
 ) -> Plan:
     """A Plan for `batch_size` samples: inference (dropout stripped) or a training step."""
-    logits = graph.outputs[0]
+    logits = logits_of(graph)
     graph = add_loss(graph, label_smoothing) if training else strip_dropout(graph)
     outputs = [*graph.outputs, logits] if training else list(graph.outputs)
     itemsize = np.dtype(dtype).itemsize
@@ -262,13 +281,15 @@ def _plan_memory(graph, steps, feeds, params, outputs, batch_shape, itemsize):
             for o in s.outputs:
                 if o is not None and o not in param_grads:
                     start.setdefault(o, i)
-            held.append((i, i, memory.backward_workspace(in_shapes, batch_shape[s.node], itemsize)))
+            held.append(
+                (i, i, memory.backward_workspace(s.attrs, in_shapes, batch_shape[s.node], itemsize))
+            )
             continue
         for name in s.inputs:
             read(name, i)
         start[s.node] = i
-        saved = memory.saved(in_shapes, batch_shape[s.node], itemsize)
-        held.append((i, i, memory.workspace(in_shapes, batch_shape[s.node], itemsize)))
+        saved = memory.saved(s.attrs, in_shapes, batch_shape[s.node], itemsize)
+        held.append((i, i, memory.workspace(s.attrs, in_shapes, batch_shape[s.node], itemsize)))
         # Kernels build their saved state even in inference; it is dropped after the step.
         held.append((i, backward_at.get(s.node, i), saved))
         if s.node in backward_at:

@@ -259,6 +259,13 @@ def _linear_params(a, shapes):
     return out
 
 
+def _softmax_shape(a, shapes):
+    (s,) = shapes
+    if a["axis"] > len(s):
+        raise ShapeError(f"axis={a['axis']} is out of range for input rank {len(s) + 1}")
+    return s
+
+
 def _concat_shape(a, shapes):
     axis = a["axis"] - 1
     first = shapes[0]
@@ -363,7 +370,12 @@ RULES: dict[Op, OpRule] = {
         lambda a, shapes, out: 5 * _numel(shapes[0]),
         loss=True,
     ),
-    Op.SOFTMAX: OpRule({"axis": Attr(_int, 1)}, (1, 1), _same, _no_params, _elementwise(5)),
+    Op.SOFTMAX: OpRule(
+        {"axis": Attr(_int, 1)}, (1, 1), _softmax_shape, _no_params, _elementwise(5)
+    ),
+    Op.LOG_SOFTMAX: OpRule(
+        {"axis": Attr(_int, 1)}, (1, 1), _softmax_shape, _no_params, _elementwise(5)
+    ),
     Op.CONCAT: OpRule(
         {"axis": Attr(_int, 1)}, (2, None), _concat_shape, _no_params, _elementwise(0)
     ),

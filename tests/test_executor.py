@@ -218,3 +218,35 @@ def test_bad_input_shape_is_a_clear_error(mini):
     exe = compile(mini, 2)
     with pytest.raises(alexc.AlexcError, match=r"\(N, 1, 28, 28\)"):
         exe.forward(mini.init_params(0), np.zeros((2, 3, 28, 28), np.float32))
+
+
+def test_training_a_graph_that_ends_in_softmax_uses_its_logits():
+    """Imported classifiers often end in a softmax: the loss must read the logits before it."""
+    g = alexc.parse_graph("""
+input: {name: x, shape: [3]}
+nodes:
+  - {name: fc, op: linear, units: 4}
+  - {name: prob, op: softmax}
+""")
+    params = {k: v.astype(np.float64) for k, v in g.init_params(0).items()}
+    x = np.random.default_rng(1).standard_normal((2, 3))
+    y = np.array([1, 3])
+    loss, _ = compile(g, 2).loss_and_grads(params, x, y)
+    logits = x @ params["fc.weight"].T + params["fc.bias"]
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    assert loss == pytest.approx(-logp[[0, 1], y].mean(), rel=1e-12)
+
+
+def test_forward_of_a_graph_whose_output_is_a_dropout():
+    g = alexc.parse_graph("""
+input: {name: x, shape: [3]}
+nodes:
+  - {name: fc, op: linear, units: 4}
+  - {name: drop, op: dropout, rate: 0.5}
+""")
+    params = g.init_params(0)
+    x = np.ones((2, 3), np.float32)
+    out = compile(g, 2).outputs(params, x)
+    np.testing.assert_allclose(
+        out["drop"], x @ params["fc.weight"].T + params["fc.bias"], rtol=1e-6
+    )

@@ -241,6 +241,7 @@ def test_every_op_has_a_kernel():
         "dropout",
         "linear",
         "softmax",
+        "log_softmax",
         "concat",
         "add",
         "softmax_cross_entropy",
@@ -279,6 +280,12 @@ CONV_CASES = {
         conv_attrs(6, (2, 2), (2, 2), (1, 1, 1, 1), groups=3, bias=False),
     ),
     "alexnet-conv1-like": ((1, 3, 23, 23), conv_attrs(4, (11, 11), (4, 4))),
+    # Horizontal stride 1 takes the wide-row path: padding, groups, dilation, vertical stride.
+    "wide-alexnet-conv4-like": (
+        (3, 4, 6, 6),
+        conv_attrs(6, (3, 3), (1, 1), (1, 1, 1, 1), groups=2),
+    ),
+    "wide-vstride-dilated": ((2, 4, 11, 9), conv_attrs(4, (3, 2), (2, 1), (0, 2, 1, 1), (2, 3), 2)),
 }
 
 
@@ -439,7 +446,8 @@ def test_add_forward():
     np.testing.assert_array_equal(y, [[0.5, 1.5, 2.5], [3.5, 4.5, 5.5]])
 
 
-@pytest.mark.parametrize("axis, shape", [(1, (2, 60)), (2, (6, 20)), (0, (1, 120))])
+# alexc's flatten never merges the batch: axis 2 keeps (N, C) and merges H*W.
+@pytest.mark.parametrize("axis, shape", [(1, (2, 60)), (2, (2, 3, 20)), (3, (2, 3, 4, 5))])
 def test_flatten_forward(axis, shape):
     x = np.arange(120.0).reshape(2, 3, 4, 5)
     y, _ = forward("flatten", dict(axis=axis), x)
@@ -669,6 +677,16 @@ def test_linear_gradients(bias):
 def test_softmax_gradients(axis):
     x = np.random.default_rng(26).standard_normal((4, 6)) * 2
     assert check_gradients("softmax", dict(axis=axis), [x]) == 1
+
+
+@pytest.mark.parametrize("axis", [1, 0])
+def test_log_softmax_forward_and_gradients(axis):
+    x = np.random.default_rng(27).standard_normal((4, 6)) * 3
+    y, _ = forward("log_softmax", dict(axis=axis), x)
+    np.testing.assert_allclose(y, np.log(ref_softmax(x, axis)), rtol=1e-12)
+    big, _ = forward("log_softmax", dict(axis=1), np.array([[1000.0, 0.0]]))
+    np.testing.assert_allclose(big, [[0.0, -1000.0]])
+    assert check_gradients("log_softmax", dict(axis=axis), [x]) == 1
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.2])

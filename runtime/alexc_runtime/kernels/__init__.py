@@ -27,6 +27,7 @@ KERNELS: dict[str, Kernel] = {
     "dropout": Kernel(elementwise.dropout_forward, elementwise.dropout_backward),
     "linear": Kernel(linear.linear_forward, linear.linear_backward),
     "softmax": Kernel(softmax.softmax_forward, softmax.softmax_backward),
+    "log_softmax": Kernel(softmax.log_softmax_forward, softmax.log_softmax_backward),
     "concat": Kernel(shape.concat_forward, shape.concat_backward),
     "add": Kernel(elementwise.add_forward, elementwise.add_backward),
     "softmax_cross_entropy": Kernel(

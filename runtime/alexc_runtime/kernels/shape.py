@@ -11,12 +11,13 @@ from alexc_runtime.kernels.base import KernelContext
 
 
 def flatten_forward(ctx: KernelContext, attrs: Mapping, x: np.ndarray) -> tuple[np.ndarray, tuple]:
-    """Reshape to 2-D (prod(shape[:axis]), rest), as ONNX Flatten; a view when x is contiguous.
+    """Keep the batch and the dims before ``axis``, merge the rest: (N, *x.shape[1:axis], rest).
 
-    saved = (x.shape,).
+    axis=1 is ONNX's Flatten; unlike ONNX, a larger axis never merges the batch. A view when x
+    is contiguous. saved = (x.shape,).
     """
-    axis = attrs["axis"] % (x.ndim + 1) if x.ndim else 0
-    return x.reshape(prod(x.shape[:axis]), prod(x.shape[axis:])), (x.shape,)
+    axis = attrs["axis"]
+    return x.reshape(*x.shape[:axis], prod(x.shape[axis:])), (x.shape,)
 
 
 def flatten_backward(

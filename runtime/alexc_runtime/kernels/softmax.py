@@ -35,6 +35,27 @@ def softmax_backward(
     return (dx,)
 
 
+def log_softmax_forward(
+    ctx: KernelContext, attrs: Mapping, x: np.ndarray
+) -> tuple[np.ndarray, tuple]:
+    """x - max - log(sum(exp(x - max))) along ``axis``. saved = (y,), the output itself."""
+    axis = attrs.get("axis", 1)
+    y = np.subtract(x, x.max(axis=axis, keepdims=True))
+    y -= np.log(np.exp(y).sum(axis=axis, keepdims=True))
+    return y, (y,)
+
+
+def log_softmax_backward(
+    ctx: KernelContext, attrs: Mapping, dy: np.ndarray, saved: tuple
+) -> tuple[np.ndarray]:
+    """dx = dy - softmax(x) * sum(dy) along the axis, with softmax(x) = exp(y)."""
+    (y,) = saved
+    dx = np.exp(y)
+    dx *= dy.sum(axis=attrs.get("axis", 1), keepdims=True)
+    np.subtract(dy, dx, out=dx)
+    return (dx,)
+
+
 def softmax_cross_entropy_forward(
     ctx: KernelContext, attrs: Mapping, logits: np.ndarray, labels: np.ndarray
 ) -> tuple[np.ndarray, tuple]:

@@ -1,0 +1,97 @@
+"""Cross-check: the NumPy executor against onnxruntime running alexc's own ONNX export.
+
+Both run the same seeded random batches; every graph output is compared. The relative error of an
+output is ``max|ort - numpy| / max|numpy|``: the largest absolute error over the largest magnitude
+of the reference (alexc's NumPy executor). Dividing element by element would blow up on outputs
+near zero, where float32 rounding alone gives large ratios; the max-magnitude form measures errors
+on the output's own scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .checkpoint import check_params
+from .errors import AlexcError
+from .ir import Graph
+from .ops import RULES
+
+DEFAULT_RTOL = 1e-5
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    """One graph output at one batch size: largest errors of onnxruntime vs the NumPy executor."""
+
+    batch_size: int
+    output: str
+    shape: tuple[int, ...]
+    max_abs: float
+    max_rel: float  # max_abs / max|reference|
+    rtol: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_rel <= self.rtol
+
+
+def compare(actual: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """(max absolute error, max absolute error / max |reference|) in float64."""
+    if actual.shape != reference.shape:
+        raise AlexcError(f"shapes differ: {actual.shape} vs reference {reference.shape}")
+    a, b = np.asarray(actual, np.float64), np.asarray(reference, np.float64)
+    if a.size == 0:
+        return 0.0, 0.0
+    max_abs = float(np.max(np.abs(a - b)))
+    scale = float(np.max(np.abs(b)))
+    if not np.isfinite(max_abs):
+        return float("inf"), float("inf")
+    if scale == 0.0:
+        return max_abs, 0.0 if max_abs == 0.0 else float("inf")
+    return max_abs, max_abs / scale
+
+
+def check(
+    graph: Graph,
+    params: Mapping[str, np.ndarray],
+    batch_sizes: Sequence[int] = (1, 5),
+    threads: int = 2,
+    seed: int = 0,
+    lrn: str = "node",
+    *,
+    opset: int | None = None,
+    rtol: float = DEFAULT_RTOL,
+) -> list[CheckRow]:
+    """Run the NumPy executor and onnxruntime on the same seeded N(0, 1) batches; one row per
+    output and batch size. Inputs of batch size b come from ``default_rng([seed, b])``."""
+    from alexc_runtime.ort import OrtPredictor
+
+    from .compile import compile
+    from .onnx_export import DEFAULT_OPSET, export_onnx
+
+    losses = [n.name for n in graph.nodes if RULES[n.op].loss]
+    if losses:
+        raise AlexcError(
+            f"graph '{graph.name}' has a loss node ('{losses[0]}'); check compares inference graphs"
+        )
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise AlexcError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    params = check_params(params, graph, "parameters")
+    model = export_onnx(graph, params, opset=opset or DEFAULT_OPSET, lrn=lrn)
+    ort = OrtPredictor(model.SerializeToString(), threads)
+    executor = compile(graph, batch_size=batch_sizes[0], threads=threads, seed=seed)
+    rows = []
+    try:
+        for b in batch_sizes:
+            rng = np.random.default_rng([seed, b])
+            x = rng.standard_normal((b, *graph.input.shape)).astype(np.float32)
+            reference = executor.outputs(params, x)
+            for name, actual in zip(ort.output_names, ort.run(x), strict=True):
+                max_abs, max_rel = compare(actual, reference[name])
+                rows.append(CheckRow(b, name, tuple(actual.shape), max_abs, max_rel, rtol))
+    finally:
+        executor.close()
+    return rows
