@@ -64,9 +64,13 @@ def check(
     *,
     opset: int | None = None,
     rtol: float = DEFAULT_RTOL,
+    model: bytes | None = None,
 ) -> list[CheckRow]:
     """Run the NumPy executor and onnxruntime on the same seeded N(0, 1) batches; one row per
-    output and batch size. Inputs of batch size b come from ``default_rng([seed, b])``."""
+    output and batch size. Inputs of batch size b come from ``default_rng([seed, b])``.
+
+    onnxruntime runs `model` (an ONNX file's bytes, e.g. what `alexc export` wrote) when given,
+    else a fresh export of `graph` and `params`."""
     from alexc_runtime.ort import OrtPredictor
 
     from .compile import compile
@@ -80,8 +84,16 @@ def check(
     if not batch_sizes or min(batch_sizes) < 1:
         raise AlexcError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
     params = check_params(params, graph, "parameters")
-    model = export_onnx(graph, params, opset=opset or DEFAULT_OPSET, lrn=lrn)
-    ort = OrtPredictor(model.SerializeToString(), threads)
+    if model is None:
+        model = export_onnx(
+            graph, params, opset=opset or DEFAULT_OPSET, lrn=lrn
+        ).SerializeToString()
+    ort = OrtPredictor(model, threads)
+    if len(ort.output_names) != len(graph.outputs):
+        raise AlexcError(
+            f"the ONNX model has {len(ort.output_names)} output(s), graph '{graph.name}' has "
+            f"{len(graph.outputs)}: was it exported from this graph?"
+        )
     executor = compile(graph, batch_size=batch_sizes[0], threads=threads, seed=seed)
     rows = []
     try:
@@ -89,7 +101,8 @@ def check(
             rng = np.random.default_rng([seed, b])
             x = rng.standard_normal((b, *graph.input.shape)).astype(np.float32)
             reference = executor.outputs(params, x)
-            for name, actual in zip(ort.output_names, ort.run(x), strict=True):
+            outputs = zip(graph.outputs, ort.run(x), strict=True)  # in declaration order
+            for name, actual in outputs:
                 max_abs, max_rel = compare(actual, reference[name])
                 rows.append(CheckRow(b, name, tuple(actual.shape), max_abs, max_rel, rtol))
     finally:

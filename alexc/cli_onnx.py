@@ -94,13 +94,31 @@ def check_cmd(
     rtol: Annotated[
         float, typer.Option("--rtol", min=0.0, help="tolerance on max|ort - numpy| / max|numpy|")
     ] = 1e-5,
+    onnx_file: Annotated[
+        Path | None,
+        typer.Option("--onnx", help="run this ONNX file in onnxruntime (default: export afresh)"),
+    ] = None,
 ):
     """Compare the NumPy executor with onnxruntime on alexc's own export; fail above tolerance."""
     from .check import check
 
     g, params, source = _graph_and_params(graph, weights, seed)
+    model = None
+    if onnx_file is not None:
+        try:
+            model = onnx_file.read_bytes()
+        except OSError as e:
+            raise AlexcError(f"{onnx_file}: cannot read the ONNX file ({e.strerror})") from None
     rows = check(
-        g, params, batch_size or (1, 5), threads, seed or 0, lrn.value, opset=opset, rtol=rtol
+        g,
+        params,
+        batch_size or (1, 5),
+        threads,
+        seed or 0,
+        lrn.value,
+        opset=opset,
+        rtol=rtol,
+        model=model,
     )
     table = Table(title=f"{g.name}: onnxruntime vs NumPy executor (parameters from {source})")
     for column in ("batch", "output", "shape", "max abs error", "max rel error", "result"):

@@ -15,7 +15,7 @@ import numpy as np
 from alexc_runtime.plan import Plan, Slot, Step
 
 from .graph import build_graph
-from .ir import Graph, Node, Op, Shape
+from .ir import Graph, Node, Op
 from .ops import RULES
 
 LABELS = "labels"
@@ -49,6 +49,7 @@ class Memory:
     saved: Callable = _none
     workspace: Callable = _none
     backward_workspace: Callable = _none
+    grad_only: bool = False  # `saved` is built only when a backward follows (ctx.grad)
 
 
 COLS_BUDGET = 16 << 20  # alexc_runtime.kernels.conv.COLS_BUDGET
@@ -81,13 +82,15 @@ MEMORY: dict[Op, Memory] = {
     Op.CONV: Memory(
         inputs=(0, 1), workspace=_conv_workspace, backward_workspace=_conv_backward_workspace
     ),
-    Op.RELU: Memory(saved=lambda a, ins, out, b: _elements(out)),  # a bool mask
+    Op.RELU: Memory(saved=lambda a, ins, out, b: _elements(out), grad_only=True),  # a bool mask
     Op.LRN: Memory(inputs=(0,), saved=lambda a, ins, out, b: _elements(out) * b),  # the scale s
-    Op.MAXPOOL: Memory(saved=lambda a, ins, out, b: _elements(out)),  # uint8 argmax in the window
+    Op.MAXPOOL: Memory(
+        saved=lambda a, ins, out, b: _elements(out), grad_only=True
+    ),  # uint8 argmax in the window
     Op.AVGPOOL: Memory(),
     Op.ADAPTIVE_AVGPOOL: Memory(),
     Op.FLATTEN: Memory(),
-    Op.DROPOUT: Memory(saved=lambda a, ins, out, b: _elements(out)),  # a bool mask
+    Op.DROPOUT: Memory(saved=lambda a, ins, out, b: _elements(out), grad_only=True),  # a bool mask
     Op.LINEAR: Memory(inputs=(0, 1)),
     Op.SOFTMAX_CROSS_ENTROPY: Memory(saved=lambda a, ins, out, b: _elements(ins[0]) * b),
     Op.SOFTMAX: Memory(output=True),
@@ -290,8 +293,10 @@ def _plan_memory(graph, steps, feeds, params, outputs, batch_shape, itemsize):
         start[s.node] = i
         saved = memory.saved(s.attrs, in_shapes, batch_shape[s.node], itemsize)
         held.append((i, i, memory.workspace(s.attrs, in_shapes, batch_shape[s.node], itemsize)))
-        # Kernels build their saved state even in inference; it is dropped after the step.
-        held.append((i, backward_at.get(s.node, i), saved))
+        if s.node in backward_at:
+            held.append((i, backward_at[s.node], saved))
+        elif not memory.grad_only:  # computed anyway, dropped after the step
+            held.append((i, i, saved))
         if s.node in backward_at:
             for k in memory.inputs:
                 read(s.inputs[k], backward_at[s.node])

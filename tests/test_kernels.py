@@ -849,3 +849,15 @@ def test_two_threads_match_one_bit_for_bit(op, attrs, inputs, monkeypatch):
     for first, *others in zip(*results, strict=True):
         for other in others:
             np.testing.assert_array_equal(first, other)
+
+
+@pytest.mark.parametrize(
+    "op, attrs",
+    [("relu", {}), ("maxpool", pool_attrs((3, 3), (2, 2), (1, 0, 1, 1), ceil_mode=True))],
+)
+def test_inference_context_skips_saved_state_with_the_same_output(op, attrs):
+    x = np.random.default_rng(40).standard_normal((3, 4, 9, 8))
+    y_grad, saved = forward(op, attrs, x)
+    y_infer, nothing = forward(op, attrs, x, ctx=KernelContext(grad=False))
+    np.testing.assert_array_equal(y_infer, y_grad)
+    assert saved and nothing == ()

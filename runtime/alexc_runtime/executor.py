@@ -48,7 +48,7 @@ class PlanExecutor:
         env: dict[str, np.ndarray] = {**params, **feeds}
         keep_saved = plan.training
         saved: dict[str, tuple] = {}
-        ctx = KernelContext(pool=self.pool, train=train, rng=rng)
+        ctx = KernelContext(pool=self.pool, train=train, rng=rng, grad=keep_saved)
         with blas_threads(self.threads):
             for step in plan.steps:
                 kernel = KERNELS[step.op]

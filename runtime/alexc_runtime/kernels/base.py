@@ -17,6 +17,7 @@ class KernelContext:
     pool: ShardPool | None = None  # None = single-threaded, inline
     train: bool = False  # dropout is active only when True
     rng: np.random.Generator | None = None  # dropout masks; seeded by the caller
+    grad: bool = True  # a backward will follow: build what it needs (masks, argmax indices)
 
 
 @dataclass(frozen=True)

@@ -27,16 +27,17 @@ def _map_batch(ctx: KernelContext, fn: Callable[[object], object], x: np.ndarray
 
 
 def relu_forward(ctx: KernelContext, attrs: Mapping, x: np.ndarray) -> tuple[np.ndarray, tuple]:
-    """y = max(x, 0). saved = (mask,), a bool array of x's shape (x > 0)."""
+    """y = max(x, 0). saved = (mask,), a bool array of x's shape (x > 0); () without ctx.grad."""
     y = np.empty(x.shape, dtype=x.dtype)
-    mask = np.empty(x.shape, dtype=bool)
+    mask = np.empty(x.shape, dtype=bool) if ctx.grad else None
 
     def run(i) -> None:
         np.maximum(x[i], 0, out=y[i])
-        np.greater(x[i], 0, out=mask[i])
+        if mask is not None:
+            np.greater(x[i], 0, out=mask[i])
 
     _map_batch(ctx, run, x)
-    return y, (mask,)
+    return y, (() if mask is None else (mask,))
 
 
 def relu_backward(

@@ -95,11 +95,24 @@ def maxpool_forward(ctx: KernelContext, attrs: Mapping, x: np.ndarray) -> tuple[
     """Max over each window (padding is -inf). saved = (argmax, x.shape).
 
     argmax is the row-major offset of the first maximum inside each window, as uint8 (uint16 for
-    windows over 256 elements): one byte per output element.
+    windows over 256 elements): one byte per output element. Without ``ctx.grad`` only the max
+    is computed and saved is ().
     """
     win = _windows(x.shape, attrs)
     n, c = x.shape[:2]
     y = np.empty((n, c, win.oh, win.ow), dtype=x.dtype)
+    if not ctx.grad:
+
+        def run_max(s: int, e: int) -> None:
+            xb, ys = win.buffer(x[s:e], -np.inf), y[s:e]
+            for k, rows, cols in win.offsets():
+                if k == 0:
+                    np.copyto(ys, xb[:, :, rows, cols])
+                else:
+                    np.maximum(ys, xb[:, :, rows, cols], out=ys)
+
+        shard_blocks(ctx, run_max, n, x[:1].nbytes)
+        return y, ()
     argmax = np.empty(y.shape, dtype=np.uint8 if win.kh * win.kw <= 256 else np.uint16)
 
     def run(s: int, e: int) -> None:
