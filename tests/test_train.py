@@ -355,3 +355,72 @@ def test_eval_bad_input(tiny, folder, run_cli, args, message, tmp_path):
     code, _, err = run_cli(*base, *args)
     assert code == 1 and message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_eval_with_onnxruntime_and_check_of_an_exported_file(tiny, folder, tmp_path, run_cli):
+    """The exported ONNX file gives alexc's accuracy and outputs: the train -> export -> ORT
+    path of the main job."""
+    _, graph_path = tiny
+    run = tmp_path / "run"
+    assert (
+        run_cli(
+            "train", graph_path, "--data", folder, "--out", run, "--epochs", "1", "--threads", "1"
+        )[0]
+        == 0
+    )
+    ckpt = run / "last.safetensors"
+    onnx_path = tmp_path / "tiny.onnx"
+    code, _, err = run_cli("export", graph_path, "--weights", ckpt, "--onnx", onnx_path)
+    assert code == 0, err
+    code, out, err = run_cli("check", graph_path, "--weights", ckpt, "--onnx", onnx_path)
+    assert code == 0, err
+    results = {}
+    for executor in ("numpy", "onnxruntime"):
+        code, out, err = run_cli(
+            "eval",
+            graph_path,
+            "--weights",
+            ckpt,
+            "--data",
+            folder,
+            "--executor",
+            executor,
+            "--json",
+        )
+        assert code == 0, err
+        results[executor] = json.loads(out)
+    assert results["numpy"]["top1"] == results["onnxruntime"]["top1"]
+    assert results["numpy"]["loss"] == pytest.approx(results["onnxruntime"]["loss"], rel=1e-4)
+    # A file of another graph is refused with one line.
+    other = tmp_path / "other.yaml"
+    other.write_text(TINY.replace("units: 16", "units: 12"))
+    code, _, err = run_cli("check", other, "--weights", ckpt, "--onnx", onnx_path)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").exists(),
+    reason="Debian's dataset-fashion-mnist is not installed",
+)
+def test_loss_falls_on_real_fashion_mnist():
+    """40 SGD steps of the mini AlexNet on real Fashion-MNIST images cut a held-out loss."""
+    from alexc.data import Augment, Loader, open_source
+
+    graph = alexc.load_graph(ROOT / "graphs" / "alexnet-mini.yaml")
+    source = open_source("fashion-mnist", split="train", channels=1)
+    augment = Augment.from_config(graph.data, graph.input.shape)
+    test = open_source("fashion-mnist", split="test", channels=1)
+    with Loader(test, augment, batch_size=512, train=False, seed=0) as loader:
+        x_val, y_val = next(iter(loader))
+    params = graph.init_params(0)
+    exe = alexc.compile(graph, 64, threads=2)
+    before, _ = exe.loss_and_grads(params, x_val, y_val, train=False)
+    sgd = SGD(params, momentum=0.9, weight_decay=5e-4)
+    with Loader(source, augment, batch_size=64, train=True, seed=0) as loader:
+        for step, (x, y) in enumerate(loader):
+            _, grads = exe.loss_and_grads(params, x, y, rng=np.random.default_rng(step))
+            sgd.step(params, grads, 0.05)
+            if step == 39:
+                break
+    after, _ = exe.loss_and_grads(params, x_val, y_val, train=False)
+    assert after < 0.6 * before, (before, after)

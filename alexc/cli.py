@@ -1,0 +1,302 @@
+"""The `alexc` command line. Every user-fixable error is one line on stderr and exit code 1."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+import typer
+from rich.console import Console
+
+from .errors import AlexcError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="alexc: compile convolutional networks declared in YAML to a NumPy trainer and to ONNX.",
+)
+console = Console()
+
+
+@app.callback()
+def _root():
+    """alexc: compile convolutional networks declared in YAML to a NumPy trainer and to ONNX."""
+
+
+GraphArg = typer.Argument(..., help="graph file (YAML), e.g. graphs/alexnet.yaml")
+
+
+@app.command()
+def summary(
+    graph: Path = GraphArg,
+    batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="batch size for shapes"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
+):
+    """Shapes, parameters, FLOPs and activation memory of every node."""
+    from .frontend import load_graph
+    from .summary import render, summarize
+
+    result = summarize(load_graph(graph), batch_size)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        render(result, console)
+
+
+ThreadsOpt = typer.Option(2, "--threads", "-t", min=1, help="threads for BLAS and the kernels")
+
+
+@app.command()
+def train(
+    graph: Path = GraphArg,
+    data: str = typer.Option(
+        "fashion-mnist",
+        "--data",
+        "-d",
+        help="fashion-mnist, a folder of IDX files, or an image folder "
+        "(root/<class>/<image>, or root/train and root/val)",
+    ),
+    epochs: int = typer.Option(None, "--epochs", min=1, help="override train.epochs"),
+    batch_size: int = typer.Option(
+        None, "--batch-size", "-b", min=1, help="override train.batch_size"
+    ),
+    lr: float = typer.Option(None, "--lr", min=0.0, help="override train.lr"),
+    threads: int = ThreadsOpt,
+    seed: int = typer.Option(
+        0, "--seed", help="seed of weights, data order, augmentation, dropout"
+    ),
+    out: Path = typer.Option(Path("runs/latest"), "--out", "-o", help="run directory"),
+    resume: Path = typer.Option(None, "--resume", help="continue from this checkpoint exactly"),
+    init_weights: Path = typer.Option(
+        None, "--init-weights", help="fine-tune from these weights (fresh optimizer)"
+    ),
+    checkpoint_every: int = typer.Option(
+        None, "--checkpoint-every", min=1, help="also save RUN_DIR/last.safetensors every N steps"
+    ),
+    workers: int = typer.Option(2, "--workers", min=1, help="data loading threads"),
+    limit_batches: int = typer.Option(
+        None, "--limit-batches", min=1, help="stop each epoch after N batches (smoke tests)"
+    ),
+):
+    """Train a graph with SGD on real images (default: Fashion-MNIST)."""
+    from .frontend import load_graph
+    from .train import train as run
+
+    if resume is not None and init_weights is not None:
+        raise AlexcError("give --resume (continue a run) or --init-weights (fine-tune), not both")
+    try:
+        result = run(
+            load_graph(graph),
+            data=data,
+            out=out,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            threads=threads,
+            seed=seed,
+            resume=resume,
+            init_weights=init_weights,
+            checkpoint_every=checkpoint_every,
+            workers=workers,
+            limit_batches=limit_batches,
+            console=console,
+        )
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    if result.get("val_top1") is not None:
+        console.print(
+            f"done in {result['seconds']:.0f} s: val top-1 {result['val_top1']:.4f}, "
+            f"top-5 {result['val_top5']:.4f}; weights in {out}/last.safetensors and "
+            f"{out}/best.safetensors, metrics in {out}/metrics.jsonl",
+            highlight=False,
+        )
+
+
+class ExecutorChoice(str, Enum):
+    numpy = "numpy"
+    onnxruntime = "onnxruntime"
+
+
+class _OrtForward:
+    """onnxruntime behind the NumPy executor's `forward(params, x)` (params are in the model)."""
+
+    def __init__(self, graph, params, threads: int):
+        from alexc_runtime.ort import OrtPredictor
+
+        from .onnx_export import export_onnx
+
+        self.predictor = OrtPredictor(export_onnx(graph, params).SerializeToString(), threads)
+
+    def forward(self, params, x):
+        return self.predictor.predict(x)
+
+
+def _predictor(graph, params, executor: ExecutorChoice, threads: int, batch_size: int):
+    from .compile import compile
+
+    if executor is ExecutorChoice.onnxruntime:
+        return _OrtForward(graph, params, threads)
+    return compile(graph, batch_size, threads=threads)
+
+
+def _weights_graph(graph_path: Path, weights: Path):
+    """The graph (sized to the checkpoint's classes) and its checked parameters."""
+    from .checkpoint import load_for_graph
+    from .frontend import load_graph
+
+    return load_for_graph(weights, load_graph(graph_path))
+
+
+WeightsOpt = typer.Option(..., "--weights", "-w", help="checkpoint or weights (.safetensors)")
+
+
+@app.command("eval")
+def evaluate(
+    graph: Path = GraphArg,
+    weights: Path = WeightsOpt,
+    data: str = typer.Option("fashion-mnist", "--data", "-d", help="as for alexc train"),
+    split: str = typer.Option("test", "--split", help="val or test"),
+    batch_size: int = typer.Option(256, "--batch-size", "-b", min=1),
+    threads: int = ThreadsOpt,
+    ten_crop: bool = typer.Option(
+        False, "--ten-crop", help="average 10 crops (corners, centre, and their mirrors) per image"
+    ),
+    executor: ExecutorChoice = typer.Option(ExecutorChoice.numpy, "--executor", "-e"),
+    as_json: bool = typer.Option(False, "--json", help="print {top1, top5, loss, images}"),
+):
+    """Top-1 and top-5 accuracy of trained weights on a data set."""
+    from dataclasses import replace
+
+    from .data import Augment, Loader, open_source
+    from .train import evaluate as run_eval
+
+    if split not in ("val", "test"):
+        raise AlexcError(f"--split must be val or test, not {split!r}")
+    g, params = _weights_graph(graph, weights)
+    source = open_source(data, split=split, channels=g.input.shape[0])
+    if len(source.classes) != g.shapes[g.outputs[0]][0]:
+        raise AlexcError(
+            f"{data} has {len(source.classes)} classes but the weights in {weights} "
+            f"predict {g.shapes[g.outputs[0]][0]}"
+        )
+    augment = Augment.from_config(g.data, g.input.shape)
+    crops = 10 if ten_crop else 1
+    if ten_crop:
+        augment = replace(augment, ten_crop=True)
+    exe = _predictor(g, params, executor, threads, batch_size)
+    with Loader(source, augment, batch_size=batch_size, train=False, seed=0) as loader:
+        result = run_eval(exe, params, loader, crops=crops)
+    result["executor"] = executor.value
+    if as_json:
+        print(json.dumps(result))
+    else:
+        console.print(
+            f"{g.name} on {data} ({split}, {result['images']} images"
+            f"{', 10 crops' if ten_crop else ''}): top-1 {result['top1']:.4f}, "
+            f"top-5 {result['top5']:.4f}, loss {result['loss']:.4f}",
+            highlight=False,
+        )
+
+
+@app.command()
+def infer(
+    graph: Path = GraphArg,
+    images: list[Path] = typer.Argument(..., help="image files"),
+    weights: Path = WeightsOpt,
+    executor: ExecutorChoice = typer.Option(ExecutorChoice.numpy, "--executor", "-e"),
+    top: int = typer.Option(5, "--top", min=1, help="how many classes to show per image"),
+    threads: int = ThreadsOpt,
+    as_json: bool = typer.Option(False, "--json", help="print a JSON list, one entry per image"),
+):
+    """Classify images: class names and probabilities."""
+    from .data import Augment, FolderSource, Loader
+    from .train import log_softmax
+
+    g, params = _weights_graph(graph, weights)
+    classes = list(g.classes or [str(i) for i in range(g.shapes[g.outputs[0]][0])])
+    for path in images:
+        if not path.is_file():
+            raise AlexcError(f"{path}: no such image file")
+    source = FolderSource(
+        images, np.zeros(len(images), np.int64), classes, channels=g.input.shape[0]
+    )
+    augment = Augment.from_config(g.data, g.input.shape)
+    with Loader(source, augment, batch_size=len(images), train=False, seed=0) as loader:
+        batches = list(loader)
+    if not batches:
+        raise AlexcError(
+            f"no readable image among {len(images)}: {source.skipped[0][0]}: {source.skipped[0][1]}"
+        )
+    x = np.concatenate([b[0] for b in batches])
+    probs = np.exp(log_softmax(_predictor(g, params, executor, threads, len(x)).forward(params, x)))
+    skipped = {path for path, _ in source.skipped}
+    readable = [p for p in images if str(p) not in skipped]
+    results = []
+    for path, p in zip(readable, probs, strict=True):
+        order = np.argsort(-p, kind="stable")[: min(top, len(classes))]
+        results.append(
+            {
+                "image": str(path),
+                "top": [
+                    {"class": classes[i], "index": int(i), "probability": float(p[i])}
+                    for i in order
+                ],
+            }
+        )
+    if as_json:
+        print(json.dumps(results, indent=2))
+        return
+    for r in results:
+        best = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"])
+        console.print(f"{r['image']}: {best}", highlight=False, soft_wrap=True)
+    for path, reason in source.skipped:
+        console.print(f"skipped {path}: {reason}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def plot(
+    run_dir: Path = typer.Argument(..., help="a run directory written by alexc train"),
+    out: Path = typer.Option(None, "--out", "-o", help="PNG to write (default RUN_DIR/curves.png)"),
+):
+    """Draw the loss and accuracy curves of a run as a PNG."""
+    from .plot import plot_run
+
+    console.print(f"wrote {plot_run(run_dir, out)}", highlight=False)
+
+
+def _register_commands():
+    from .cli_bench import bench
+    from .cli_import import import_cmd
+    from .cli_onnx import check_cmd, export
+
+    app.command("export")(export)
+    app.command("check")(check_cmd)
+    app.command("import")(import_cmd)
+    app.command("bench")(bench)
+
+
+_register_commands()
+
+
+def main() -> None:
+    """Entry point: run the app, turning AlexcError into one line and exit code 1."""
+    try:
+        app(standalone_mode=False)
+    except AlexcError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:
+        # Usage errors of typer's (vendored) click: printed the way click prints them.
+        if hasattr(e, "show") and hasattr(e, "exit_code"):
+            e.show()
+            sys.exit(e.exit_code)
+        if type(e).__name__ == "Abort":
+            sys.exit(1)
+        raise

@@ -1,0 +1,51 @@
+"""The slow tier (`pytest -m slow`): full-size AlexNets training, and the real result."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import GRAPHS
+from test_train import make_folder
+
+import alexc
+from alexc.checkpoint import read_checkpoint
+from alexc.train import train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("name", ["alexnet.yaml", "alexnet-torchvision.yaml"])
+def test_full_size_alexnet_trains_a_few_steps_on_an_image_folder(name, tmp_path):
+    """Three steps at full size (227 or 224 px) on generated 64 px images, resized per the
+    graph's data section; the loss is finite and the weights move."""
+    graph = alexc.load_graph(GRAPHS / name)
+    folder = make_folder(tmp_path / "images", per_class=12, size=64)
+    result = train(
+        graph,
+        data=str(folder),
+        out=tmp_path / "run",
+        epochs=1,
+        batch_size=8,
+        threads=2,
+        limit_batches=3,
+    )
+    assert np.isfinite(result["train_loss"])
+    params, momentum, meta = read_checkpoint(tmp_path / "run" / "last.safetensors")
+    assert meta["step"] == 3 and params["fc8.weight"].shape == (3, 4096)
+    assert np.abs(momentum["conv1.weight"]).max() > 0
+
+
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").exists(),
+    reason="Debian's dataset-fashion-mnist is not installed",
+)
+def test_mini_alexnet_reaches_90_percent_on_fashion_mnist(tmp_path):
+    """The README's claim: `alexc train graphs/alexnet-mini.yaml` with its defaults reaches at
+    least 90% top-1 on the 10,000 test images."""
+    result = train(alexc.load_graph(GRAPHS / "alexnet-mini.yaml"), out=tmp_path / "run", threads=2)
+    records = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert records[-1]["event"] == "epoch"
+    assert result["val_top1"] >= 0.90, result
