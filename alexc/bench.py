@@ -1,0 +1,599 @@
+"""Measurement behind `alexc bench`: speed, GFLOP/s and peak memory of every executor.
+
+Every public function returns plain data (what `alexc bench --json` writes); the CLI draws it.
+
+Conventions (also written into the JSON, under "conventions"):
+- latency is the wall time of one call on a whole batch, after `warmup` untimed calls; images/s
+  is batch / median latency (min and max images/s come from the max and min latency);
+- an inference call does `graph.total_flops` per image; a training step (forward, backward and the
+  SGD update) counts 3x that: backward does two GEMMs of forward's size per layer (the update and
+  the input gradient conv1 skips are ignored); GFLOP/s = FLOPs per image * batch / median latency;
+- the machine's sgemm peak is NumPy float32 matmul on AlexNet-shaped GEMMs with the same thread
+  count: the median GFLOP/s of each shape over its repeats, and the best shape is the peak;
+- peak memory (MB = 10^6 bytes) is what the row needs beyond its input batch, parameters
+  included. NumPy rows: the parameters (and the momentum buffers when training) plus tracemalloc's
+  peak during one call (NumPy reports its allocations to tracemalloc). onnxruntime and torch rows:
+  growth of this process's resident memory (VmHWM after the timed calls, VmHWM reset after
+  warm-up, minus VmRSS before the executor was built), so their own copy of the weights counts;
+  the libraries' one-time set-up is excluded by a batch-1 call before each one's first row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import importlib.metadata
+import os
+import platform
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from statistics import mean, median
+
+import numpy as np
+from alexc_runtime.executor import blas_threads
+from alexc_runtime.kernels import KERNELS, Kernel
+
+from .compile import compile as compile_graph
+from .errors import AlexcError
+from .ir import Graph, Op
+from .optim import SGD
+
+EXECUTORS = ("numpy", "onnxruntime", "onnxruntime-lrn-decomposed", "torch")
+MODES = ("infer", "train")
+TRAINS = {"numpy", "torch"}  # executors with a training step
+TRAIN_FLOPS_FACTOR = 3
+MB = 1e6
+# The training step's optimizer, as the paper's recipe sets it (lr only affects the numbers).
+LR, MOMENTUM, WEIGHT_DECAY = 1e-3, 0.9, 5e-4
+# (what it is, M, K, N) of C(M, N) = A(M, K) @ B(K, N): the GEMMs an AlexNet layer runs.
+SGEMM_SHAPES = (
+    ("conv1 (paper), 4 images", 96, 363, 4 * 55 * 55),
+    ("conv2 (paper), one group, 8 images", 128, 1200, 8 * 27 * 27),
+    ("conv3, 16 images", 384, 2304, 16 * 13 * 13),
+    ("fc6, batch 64 (x @ W.T)", 64, 9216, 4096),
+)
+
+CONVENTIONS = {
+    "latency_ms": "wall time of one call on the whole batch, after warm-up calls",
+    "images_per_s": "batch_size / median latency (min/max from the max/min latency)",
+    "gflops": "flops_per_image * batch_size / median latency / 1e9",
+    "flops_per_image": f"graph.total_flops for infer; {TRAIN_FLOPS_FACTOR}x that for train",
+    "share_of_peak": "gflops / machine.sgemm_peak_gflops",
+    "sgemm_peak_gflops": "best per-shape median of NumPy float32 matmul, same thread count",
+    "peak_mb": "memory the row needs beyond its input batch, parameters included; 1 MB = 1e6 B",
+    "planned_peak_mb": "numpy rows: the memory plan's peak (parameters, their gradients when "
+    "training, activations and kernel state; no optimizer state)",
+}
+PEAK_METHODS = {
+    "tracemalloc": "parameters (+ momentum when training) + tracemalloc peak of one call",
+    "rss": "VmHWM after the timed calls (reset after warm-up) - VmRSS before building the "
+    "executor; one-time library set-up excluded by an earlier batch-1 call",
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measurement to make: an executor, a mode and a batch size."""
+
+    executor: str
+    mode: str
+    batch_size: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.executor} {self.mode} batch {self.batch_size}"
+
+
+# --- the machine ----------------------------------------------------------------------------
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu() -> tuple[str, list[str]]:
+    """(model name, the SIMD flags that matter for sgemm) from /proc/cpuinfo where there is one."""
+    name, flags = platform.processor() or platform.machine(), []
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            info = {}
+            for line in f:
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())  # the first CPU's lines
+        name = info.get("model name") or name
+        have = set(info.get("flags", "").split())
+        flags = [f for f in ("avx2", "fma", "avx512f") if f in have]
+    return name, flags
+
+
+def sgemm_peak(threads: int, repeats: int = 5, seed: int = 0) -> dict:
+    """NumPy float32 matmul GFLOP/s on AlexNet-shaped GEMMs with `threads` BLAS threads."""
+    rng = np.random.default_rng(seed)
+    shapes = []
+    with blas_threads(threads):
+        for what, m, k, n in SGEMM_SHAPES:
+            a = rng.standard_normal((m, k), dtype=np.float32)
+            b = rng.standard_normal((n, k), dtype=np.float32).T  # a transposed view, no copy
+            out = np.empty((m, n), dtype=np.float32)
+            np.matmul(a, b, out=out)  # warm-up: first-touch pages, BLAS thread start
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                np.matmul(a, b, out=out)
+                times.append(time.perf_counter() - start)
+            gflops = 2 * m * k * n / median(times) / 1e9
+            shapes.append({"gemm": what, "m": m, "k": k, "n": n, "gflops": gflops})
+    return {"sgemm_peak_gflops": max(s["gflops"] for s in shapes), "sgemm": shapes}
+
+
+def machine_info(threads: int, sgemm_repeats: int = 5) -> dict:
+    """The CPU, library versions, BLAS and the measured sgemm peak at `threads` threads."""
+    from threadpoolctl import threadpool_info
+
+    cpu, simd = _cpu()
+    blas = [
+        {k: info.get(k) for k in ("internal_api", "version", "architecture")}
+        for info in threadpool_info()
+        if info.get("user_api") == "blas"
+    ]
+    affinity = getattr(os, "sched_getaffinity", None)
+    return {
+        "cpu": cpu,
+        "simd": simd,
+        "cores": len(affinity(0)) if affinity else os.cpu_count(),
+        "threads": threads,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "onnxruntime": _version("onnxruntime"),
+        "torch": _version("torch"),
+        "blas": blas[0] if blas else None,
+        **sgemm_peak(threads, sgemm_repeats),
+    }
+
+
+# --- memory ---------------------------------------------------------------------------------
+
+
+def _proc_status() -> dict[str, int]:
+    """The Vm* lines of /proc/self/status, in bytes."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key.startswith("Vm") and value.strip().endswith("kB"):
+                out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+def _reset_hwm() -> bool:
+    """Reset VmHWM to the current resident size (Linux: clear_refs 5); False if impossible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _release_free_memory() -> None:
+    """Collect garbage and hand free heap pages back to the OS, so VmRSS is a fair baseline."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _traced_peak(call: Callable[[], object]) -> int:
+    """Peak bytes NumPy and Python allocated during one call (beyond what existed before)."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        call()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+# --- the executors --------------------------------------------------------------------------
+
+
+@dataclass
+class _Setup:
+    """A row made ready: the call to time, and how its peak memory is measured."""
+
+    call: Callable[[], object]
+    peak_method: str  # "tracemalloc" or "rss"
+    held_bytes: int = 0  # tracemalloc rows: what the row holds before the call (params, ...)
+    extra: dict = field(default_factory=dict)  # more keys for the row's result
+
+
+class _Bench:
+    """Builds each row's call for one graph, sharing parameters, inputs and exports."""
+
+    def __init__(self, graph: Graph, threads: int, seed: int):
+        self.graph, self.threads, self.seed = graph, threads, seed
+        self.params = graph.init_params(seed)
+        self.param_bytes = sum(v.nbytes for v in self.params.values())
+        self.numpy = compile_graph(graph, 1, threads=threads, seed=seed)
+        self._onnx: dict[str, bytes] = {}
+        self._torch = None
+        self._batch: tuple[int, np.ndarray, np.ndarray] | None = None  # the latest inputs
+
+    def close(self) -> None:
+        self.numpy.close()
+
+    def inputs(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """A seeded random batch and labels (the same for every executor)."""
+        if self._batch is None or self._batch[0] != batch_size:
+            rng = np.random.default_rng([self.seed, batch_size])
+            x = rng.standard_normal((batch_size, *self.graph.input.shape), dtype=np.float32)
+            classes = self.graph.shapes[self.graph.outputs[0]][0]
+            self._batch = (batch_size, x, rng.integers(0, classes, batch_size))
+        return self._batch[1:]
+
+    def setup(self, row: Row) -> _Setup:
+        x, labels = self.inputs(row.batch_size)
+        if row.executor == "numpy":
+            return self._numpy(row, x, labels)
+        if row.executor.startswith("onnxruntime"):
+            return self._onnxruntime(row, x)
+        return self._torch_row(row, x, labels)
+
+    def _numpy(self, row: Row, x, labels) -> _Setup:
+        exe = self.numpy
+        training = row.mode == "train"
+        planned = exe.plan(row.batch_size, training=training).planned_peak_bytes
+        extra = {"planned_peak_mb": planned / MB}
+        if not training:
+            predictor = exe.predictor(self.params)
+            return _Setup(lambda: predictor.predict(x), "tracemalloc", self.param_bytes, extra)
+        params = {k: v.copy() for k, v in self.params.items()}  # the update changes them
+        optimizer = SGD(params, MOMENTUM, WEIGHT_DECAY)
+
+        def step():
+            _, grads = exe.loss_and_grads(params, x, labels)
+            optimizer.step(params, grads, LR)
+
+        return _Setup(step, "tracemalloc", 2 * self.param_bytes, extra)
+
+    def onnx_model(self, form: str) -> bytes:
+        if form not in self._onnx:
+            from .onnx_export import export_onnx
+
+            model = export_onnx(self.graph, self.params, lrn=form)
+            self._onnx[form] = model.SerializeToString()
+        return self._onnx[form]
+
+    def _onnxruntime(self, row: Row, x) -> _Setup:
+        from alexc_runtime.ort import OrtPredictor
+
+        form = "decomposed" if row.executor.endswith("lrn-decomposed") else "node"
+        model = self.onnx_model(form)
+        predictor = OrtPredictor(model, self.threads)
+        return _Setup(lambda: predictor.predict(x), "rss")
+
+    def torch_program(self):
+        if self._torch is None:
+            from .bench_torch import TorchProgram, set_threads
+
+            set_threads(self.threads)
+            self._torch = TorchProgram(self.graph)
+        return self._torch
+
+    def _torch_row(self, row: Row, x, labels) -> _Setup:
+        from .bench_torch import TorchTrainer
+
+        program = self.torch_program()
+        torch = program.torch
+        torch.manual_seed(self.seed)
+        xt = torch.from_numpy(x)  # shares x's memory: inputs are outside every row's peak
+        if row.mode == "infer":
+            params = program.tensors(self.params)
+
+            def infer():
+                with torch.inference_mode():
+                    return program(params, xt)
+
+            return _Setup(infer, "rss")
+        trainer = TorchTrainer(
+            program, self.params, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY
+        )
+        yt = torch.from_numpy(labels)
+        return _Setup(lambda: trainer.step(xt, yt), "rss")
+
+
+def plan_rows(
+    graph: Graph, executors: Sequence[str], modes: Sequence[str], batch_sizes: Sequence[int]
+) -> tuple[list[Row], list[dict]]:
+    """The rows to measure, and a note for every executor or mode left out and why.
+
+    Executors run in a fixed order (numpy, onnxruntime, torch) whatever order they are asked
+    in: torch's OpenMP workers keep spinning a while after each call and would slow what follows.
+    "onnxruntime" on a graph with LRN means both LRN forms (DESIGN §7: the node form is slow)."""
+    unknown = [e for e in executors if e not in EXECUTORS]
+    if unknown:
+        raise AlexcError(f"unknown executor '{unknown[0]}'; choose from {', '.join(EXECUTORS)}")
+    bad_modes = [m for m in modes if m not in MODES]
+    if bad_modes:
+        raise AlexcError(f"unknown mode '{bad_modes[0]}'; choose from {', '.join(MODES)}")
+    if not batch_sizes or any(b < 1 for b in batch_sizes):
+        raise AlexcError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    has_lrn = any(n.op is Op.LRN for n in graph.nodes)
+    wanted = set(executors)
+    if "onnxruntime" in wanted and has_lrn:
+        wanted.add("onnxruntime-lrn-decomposed")
+    notes = []
+    if "onnxruntime-lrn-decomposed" in wanted and not has_lrn:
+        wanted.discard("onnxruntime-lrn-decomposed")
+        notes.append(
+            {"executor": "onnxruntime-lrn-decomposed", "reason": f"{graph.name} has no LRN"}
+        )
+    if "torch" in wanted:
+        from .bench_torch import available
+
+        reason = available()
+        if reason is not None:
+            wanted.discard("torch")
+            notes.append({"executor": "torch", "reason": reason})
+    if "train" in modes and wanted - TRAINS:
+        for e in sorted(wanted - TRAINS):
+            notes.append({"executor": e, "reason": "inference only (no training step)"})
+    rows = [
+        Row(e, m, b)
+        for e in EXECUTORS
+        if e in wanted
+        for m in MODES
+        if m in modes and (m == "infer" or e in TRAINS)
+        for b in dict.fromkeys(batch_sizes)
+    ]
+    return rows, notes
+
+
+def _uses_rss(row: Row) -> bool:
+    return row.executor != "numpy"
+
+
+def _measure(
+    bench: _Bench,
+    row: Row,
+    warmup: int,
+    repeats: int,
+    peak_gflops: float,
+    tick: Callable[[int], None],
+) -> dict:
+    if _uses_rss(row):
+        _release_free_memory()
+        baseline = _proc_status()["VmRSS"]
+    ready = bench.setup(row)
+    for _ in range(warmup):
+        ready.call()
+        tick(1)
+    hwm_reset = _uses_rss(row) and _reset_hwm()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        ready.call()
+        times.append(time.perf_counter() - start)
+        tick(1)
+    if not _uses_rss(row):
+        peak, method = (ready.held_bytes + _traced_peak(ready.call)) / MB, "tracemalloc"
+        tick(1)
+    elif hwm_reset:
+        peak, method = (_proc_status()["VmHWM"] - baseline) / MB, "rss"
+    else:
+        peak, method = None, "unavailable (VmHWM cannot be reset here)"
+    b = row.batch_size
+    flops = bench.graph.total_flops * (TRAIN_FLOPS_FACTOR if row.mode == "train" else 1)
+    mid = median(times)
+    gflops = flops * b / mid / 1e9
+    return {
+        "executor": row.executor,
+        "mode": row.mode,
+        "batch_size": b,
+        "threads": bench.threads,
+        "warmup": warmup,
+        "repeats": repeats,
+        "latency_ms": mid * 1e3,
+        "latency_ms_min": min(times) * 1e3,
+        "latency_ms_max": max(times) * 1e3,
+        "latencies_ms": [t * 1e3 for t in times],
+        "images_per_s": b / mid,
+        "images_per_s_min": b / max(times),
+        "images_per_s_max": b / min(times),
+        "flops_per_image": flops,
+        "gflops": gflops,
+        "share_of_peak": gflops / peak_gflops,
+        "peak_mb": peak,
+        "peak_method": method,
+        **ready.extra,
+    }
+
+
+def calls_per_row(row: Row, warmup: int, repeats: int) -> int:
+    """How many calls a row makes (for progress bars): warm-up, timed, and a traced one."""
+    return warmup + repeats + (0 if _uses_rss(row) else 1)
+
+
+def run_bench(
+    graph: Graph,
+    *,
+    batch_sizes: Sequence[int] = (1, 16, 64),
+    threads: int = 2,
+    executors: Sequence[str] = ("numpy", "onnxruntime", "torch"),
+    modes: Sequence[str] = MODES,
+    repeats: int = 5,
+    warmup: int = 1,
+    seed: int = 0,
+    profile: bool = False,
+    sgemm_repeats: int = 5,
+    on_call: Callable[[str, int], None] | None = None,
+    rows: tuple[list[Row], list[dict]] | None = None,
+) -> dict:
+    """Measure every (executor, mode, batch size) row; returns the JSON document `bench` writes.
+
+    `on_call(label, n)` is told after every n executor calls (for a progress bar); `rows` are
+    `plan_rows(...)`'s answer when the caller already has it."""
+    if repeats < 1 or warmup < 0 or threads < 1:
+        raise AlexcError("repeats and threads must be >= 1, warmup >= 0")
+    planned, notes = rows or plan_rows(graph, executors, modes, batch_sizes)
+    machine = machine_info(threads, sgemm_repeats)
+    peak = machine["sgemm_peak_gflops"]
+    bench = _Bench(graph, threads, seed)
+    results, profiles = [], []
+    try:
+        if profile:
+            for mode in (m for m in MODES if m in modes):
+                for b in dict.fromkeys(batch_sizes):
+                    tick = _ticker(on_call, f"profile numpy {mode} batch {b}")
+                    profiles.append(profile_numpy(bench, mode, b, warmup, repeats, tick))
+        primed = set()
+        for row in planned:
+            tick = _ticker(on_call, row.label)
+            if _uses_rss(row) and (row.executor, row.mode) not in primed:
+                # One-time library set-up (thread pools, allocators, autograd) stays resident
+                # for the rest of the process: keep it out of the first row's memory growth.
+                primed.add((row.executor, row.mode))
+                bench.setup(Row(row.executor, row.mode, 1)).call()
+            results.append(_measure(bench, row, warmup, repeats, peak, tick))
+    finally:
+        bench.close()
+    document = {
+        "alexc_bench": 1,
+        "graph": {
+            "name": graph.name,
+            "source": graph.source,
+            "params": graph.num_params,
+            "param_mb": bench.param_bytes / MB,
+            "flops_per_image": graph.total_flops,
+            "input_shape": list(graph.input.shape),
+        },
+        "config": {
+            "batch_sizes": list(dict.fromkeys(batch_sizes)),
+            "threads": threads,
+            "executors": list(executors),
+            "modes": [m for m in MODES if m in modes],
+            "repeats": repeats,
+            "warmup": warmup,
+            "seed": seed,
+            "sgd": {"lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY},
+        },
+        "conventions": {**CONVENTIONS, "peak_method": PEAK_METHODS},
+        "machine": machine,
+        "results": results,
+        "skipped": notes,
+    }
+    if profile:
+        document["profile"] = profiles
+    return document
+
+
+def _ticker(on_call, label) -> Callable[[int], None]:
+    return (lambda n: on_call(label, n)) if on_call else (lambda n: None)
+
+
+# --- the per-op profile of the NumPy executor -----------------------------------------------
+
+
+@contextlib.contextmanager
+def timed_kernels(log: list) -> Iterator[None]:
+    """Within the block, every kernel call appends (op, backward?, seconds) to `log`.
+
+    The executor looks kernels up at call time (`KERNELS[step.op]`), so wrapping the table's
+    entries times every call; the originals are restored on leaving."""
+
+    def timed(fn, op, backward):
+        def run(*args):
+            start = time.perf_counter()
+            out = fn(*args)
+            log.append((op, backward, time.perf_counter() - start))
+            return out
+
+        return run
+
+    original = dict(KERNELS)
+    KERNELS.update(
+        {
+            op: Kernel(timed(k.forward, op, False), timed(k.backward, op, True))
+            for op, k in original.items()
+        }
+    )
+    try:
+        yield
+    finally:
+        KERNELS.update(original)
+
+
+def profile_numpy(
+    bench: _Bench, mode: str, batch_size: int, warmup: int, repeats: int, tick
+) -> dict:
+    """Per-node forward and backward time of the NumPy executor (mean over `repeats` calls).
+
+    Training adds the SGD update; "overhead" is the rest of the call (the executor's own loop,
+    gradient accumulation, input checks)."""
+    training = mode == "train"
+    plan = bench.numpy.plan(batch_size, training=training)
+    x, labels = bench.inputs(batch_size)
+    params = {k: v.copy() for k, v in bench.params.items()} if training else bench.params
+    optimizer = SGD(params, MOMENTUM, WEIGHT_DECAY) if training else None
+    log: list = []
+    step_seconds = [[] for _ in plan.steps]
+    totals, updates = [], []
+    with timed_kernels(log):
+        for i in range(warmup + repeats):
+            log.clear()
+            start = time.perf_counter()
+            if training:
+                _, grads = bench.numpy.loss_and_grads(params, x, labels)
+                update_start = time.perf_counter()
+                optimizer.step(params, grads, LR)
+                updates.append(time.perf_counter() - update_start)
+            else:
+                bench.numpy.forward(params, x)
+            totals.append(time.perf_counter() - start)
+            tick(1)
+            if [(op, bw) for op, bw, _ in log] != [(s.op, s.backward) for s in plan.steps]:
+                raise AlexcError("the profile's kernel calls do not match the plan's steps")
+            if i >= warmup:
+                for seconds, (_, _, t) in zip(step_seconds, log, strict=True):
+                    seconds.append(t)
+    total_ms = mean(totals[warmup:]) * 1e3
+    forward: dict[str, float] = {}
+    backward: dict[str, float] = {}
+    ops: dict[str, str] = {}
+    for step, seconds in zip(plan.steps, step_seconds, strict=True):
+        ops.setdefault(step.node, step.op)
+        into = backward if step.backward else forward
+        into[step.node] = into.get(step.node, 0.0) + mean(seconds) * 1e3
+    rows = []
+    for node, op in ops.items():
+        f, b = forward.get(node, 0.0), backward.get(node, 0.0) if training else None
+        rows.append(_profile_row(node, op, f + (b or 0.0), f, b))
+    if training:
+        rows.append(_profile_row("sgd update", "sgd", mean(updates[warmup:]) * 1e3))
+    rows.append(_profile_row("overhead", "executor", total_ms - sum(r["ms"] for r in rows)))
+    by_op: dict[str, float] = {}
+    for r in rows:
+        r["share"] = r["ms"] / total_ms
+        by_op[r["op"]] = by_op.get(r["op"], 0.0) + r["ms"]
+    return {
+        "mode": mode,
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "total_ms": total_ms,
+        "images_per_s": batch_size / total_ms * 1e3,
+        "nodes": rows,
+        "ops": [
+            {"op": op, "ms": ms, "share": ms / total_ms}
+            for op, ms in sorted(by_op.items(), key=lambda kv: -kv[1])
+        ],
+    }
+
+
+def _profile_row(node: str, op: str, ms: float, forward_ms=None, backward_ms=None) -> dict:
+    return {"node": node, "op": op, "forward_ms": forward_ms, "backward_ms": backward_ms, "ms": ms}

@@ -1,0 +1,239 @@
+"""The `alexc bench` command (registered on the app in alexc/cli.py).
+
+Errors are raised as AlexcError; the CLI's main() prints them as one line and exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .errors import AlexcError
+
+progress_console = Console(stderr=True)
+
+
+def _console() -> Console:
+    """stdout; when it is not a terminal, wide enough that no column is cut."""
+    out = Console()
+    return out if out.is_terminal else Console(width=160)
+
+
+COLUMNS = (
+    "executor",
+    "mode",
+    "batch",
+    "images/s",
+    "images/s min-max",
+    "latency ms",
+    "GFLOP/s",
+    "% sgemm peak",
+    "peak MB",
+)
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(item) for item in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise AlexcError(
+            f"{option} takes comma-separated positive integers, e.g. 1,16,64; got {text!r}"
+        )
+    return list(dict.fromkeys(values))
+
+
+def _names(text: str, option: str, allowed: Sequence[str]) -> list[str]:
+    names = [item.strip() for item in text.split(",") if item.strip()]
+    for name in names or [text]:
+        if name not in allowed:
+            raise AlexcError(f"{option}: unknown name {name!r}; choose from {', '.join(allowed)}")
+    return list(dict.fromkeys(names))
+
+
+def _num(value: float | None, big: str = ",.0f", small: str = ".1f", cut: float = 100) -> str:
+    if value is None:
+        return "-"
+    return format(value, big if abs(value) >= cut else small)
+
+
+def _cells(r: dict) -> list[str]:
+    return [
+        r["executor"],
+        r["mode"],
+        str(r["batch_size"]),
+        _num(r["images_per_s"]),
+        f"{_num(r['images_per_s_min'])}-{_num(r['images_per_s_max'])}",
+        _num(r["latency_ms"], cut=10, small=".2f", big=",.1f"),
+        _num(r["gflops"]),
+        f"{100 * r['share_of_peak']:.0f}%",
+        _num(r["peak_mb"]),
+    ]
+
+
+def _title(result: dict) -> str:
+    m, c = result["machine"], result["config"]
+    return (
+        f"{result['graph']['name']}: {c['threads']} thread(s) on {m['cores']} cores ({m['cpu']}), "
+        f"sgemm peak {m['sgemm_peak_gflops']:.0f} GFLOP/s"
+    )
+
+
+def _caption(result: dict) -> str:
+    c = result["config"]
+    return (
+        f"median of {c['repeats']} timed calls after {c['warmup']} warm-up; train = forward + "
+        "backward + SGD update, counted as 3x forward FLOPs; peak MB: parameters + tracemalloc "
+        "(numpy), resident-memory growth (others)"
+    )
+
+
+def render(result: dict, out: Console) -> None:
+    """The results as a terminal table, then any skipped executors and the profile."""
+    table = Table(title=_title(result), caption=_caption(result))
+    for column in COLUMNS:
+        table.add_column(
+            column, justify="left" if column in ("executor", "mode") else "right", no_wrap=True
+        )
+    for r in result["results"]:
+        table.add_row(*_cells(r))
+    out.print(table)
+    for note in result["skipped"]:
+        out.print(f"note: {note['executor']}: {note['reason']}", highlight=False)
+    for p in result.get("profile", []):
+        render_profile(p, out)
+
+
+def render_profile(p: dict, out: Console) -> None:
+    table = Table(
+        title=f"NumPy executor, {p['mode']} at batch {p['batch_size']}: {p['total_ms']:,.1f} ms "
+        f"per call ({p['images_per_s']:,.1f} images/s), mean of {p['repeats']} calls"
+    )
+    for column in ("node", "op", "forward ms", "backward ms", "total ms", "share"):
+        table.add_column(column, justify="left" if column in ("node", "op") else "right")
+    for r in p["nodes"]:
+        table.add_row(
+            r["node"],
+            r["op"],
+            _num(r["forward_ms"], big=",.1f", small=".2f"),
+            _num(r["backward_ms"], big=",.1f", small=".2f"),
+            _num(r["ms"], big=",.1f", small=".2f"),
+            f"{100 * r['share']:.1f}%",
+        )
+    out.print(table)
+    shares = ", ".join(f"{o['op']} {100 * o['share']:.0f}%" for o in p["ops"])
+    out.print(f"by op: {shares}", highlight=False, soft_wrap=True)
+
+
+def markdown(result: dict) -> str:
+    """The results table as GitHub Markdown (for a README), with its title and caption."""
+    lines = [
+        f"**{_title(result)}**",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join("---" if i < 2 else "---:" for i in range(len(COLUMNS))) + "|",
+    ]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in result["results"]]
+    lines += ["", f"_{_caption(result)}._"]
+    lines += [f"Note: {n['executor']}: {n['reason']}." for n in result["skipped"]]
+    return "\n".join(lines)
+
+
+def bench(
+    graph: Annotated[Path, typer.Argument(help="graph file (YAML), e.g. graphs/alexnet.yaml")],
+    batch_sizes: Annotated[
+        str, typer.Option("--batch-sizes", "-b", help="comma-separated batch sizes")
+    ] = "1,16,64",
+    threads: Annotated[
+        int,
+        typer.Option(
+            "--threads", "-t", min=1, help="threads for NumPy/BLAS, onnxruntime and torch alike"
+        ),
+    ] = 2,
+    executors: Annotated[
+        str,
+        typer.Option(
+            "--executors",
+            "-e",
+            help="comma-separated: numpy, onnxruntime (both LRN forms when the graph has LRN), "
+            "onnxruntime-lrn-decomposed, torch (skipped with a note when not installed)",
+        ),
+    ] = "numpy,onnxruntime,torch",
+    modes: Annotated[
+        str, typer.Option("--modes", help="comma-separated: infer, train (numpy and torch)")
+    ] = "infer,train",
+    repeats: Annotated[int, typer.Option("--repeats", "-r", min=1, help="timed calls per row")] = 5,
+    warmup: Annotated[
+        int, typer.Option("--warmup", min=0, help="untimed calls before timing each row")
+    ] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="seed of parameters and inputs")] = 0,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="also write every number as JSON to this file")
+    ] = None,
+    profile: Annotated[
+        bool,
+        typer.Option(
+            "--profile", help="per-node time of the NumPy executor's inference and training step"
+        ),
+    ] = False,
+    as_markdown: Annotated[
+        bool, typer.Option("--markdown", help="print the results table as Markdown")
+    ] = False,
+):
+    """Images/s, latency, GFLOP/s and peak memory of every executor, inference and training."""
+    from .bench import EXECUTORS, MODES, calls_per_row, plan_rows, run_bench
+    from .frontend import load_graph
+
+    sizes = _int_list(batch_sizes, "--batch-sizes")
+    chosen = _names(executors, "--executors", EXECUTORS)
+    chosen_modes = _names(modes, "--modes", MODES)
+    if json_out is not None and not json_out.parent.is_dir():
+        raise AlexcError(f"--json {json_out}: folder {json_out.parent} does not exist")
+    g = load_graph(graph)
+    rows = plan_rows(g, chosen, chosen_modes, sizes)
+    total = sum(calls_per_row(r, warmup, repeats) for r in rows[0])
+    if profile:
+        total += len(chosen_modes) * len(sizes) * (warmup + repeats)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=progress_console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("measuring the sgemm peak", total=total)
+        result = run_bench(
+            g,
+            batch_sizes=sizes,
+            threads=threads,
+            executors=chosen,
+            modes=chosen_modes,
+            repeats=repeats,
+            warmup=warmup,
+            seed=seed,
+            profile=profile,
+            rows=rows,
+            on_call=lambda label, n: bar.update(task, advance=n, description=label),
+        )
+    console = _console()
+    if as_markdown:
+        print(markdown(result))
+        for p in result.get("profile", []):
+            render_profile(p, console)
+    else:
+        render(result, console)
+    if json_out is not None:
+        try:
+            json_out.write_text(json.dumps(result, indent=2) + "\n")
+        except OSError as e:
+            raise AlexcError(f"--json {json_out}: cannot write: {e.strerror}") from None
+        console.print(f"wrote {json_out}", highlight=False)

@@ -1,0 +1,356 @@
+"""`alexc bench`: the JSON it writes, numbers consistent with the work done, the torch lowering.
+
+No test asserts a speed: every check holds however fast or loaded the machine is.
+"""
+
+import json
+import math
+from statistics import median
+
+import numpy as np
+import pytest
+
+from alexc import AlexcError, compile, load_graph, parse_graph
+from alexc.bench import (
+    EXECUTORS,
+    MB,
+    TRAIN_FLOPS_FACTOR,
+    Row,
+    plan_rows,
+    run_bench,
+    timed_kernels,
+)
+from alexc.ir import Op
+from tests.conftest import GRAPHS
+
+TINY = """
+name: tiny
+input: {name: image, shape: [3, 12, 12]}
+init: {weight: {kaiming_normal: 1.0}, bias: {constant: 0.1}}
+nodes:
+  - {name: conv1, op: conv, filters: 4, kernel: 3, pad: 1}
+  - {name: relu1, op: relu}
+  - {name: pool1, op: maxpool, kernel: 2, stride: 2}
+  - {name: flatten, op: flatten}
+  - {name: fc, op: linear, units: 3}
+"""
+
+# Every op the torch lowering has a rule for, with the attributes torch cannot take directly
+# (asymmetric padding, ceil_mode windows, padding excluded from averages, uneven bins).
+EDGES = """
+name: edges
+input: {name: image, shape: [4, 13, 11]}
+init: {weight: {kaiming_normal: 1.0}, bias: {constant: 0.1}}
+nodes:
+  - {name: c1, op: conv, filters: 6, kernel: [3, 2], pad: [2, 0, 1, 1], dilation: [2, 1],
+     stride: [2, 1], groups: 2}
+  - {name: r1, op: relu}
+  - {name: n1, op: lrn, size: 3, alpha: 0.3, beta: 0.75, bias: 1.5, convention: onnx}
+  - {name: m1, op: maxpool, kernel: 3, stride: 2, pad: [1, 0, 2, 1], ceil_mode: true}
+  - {name: a1, op: avgpool, kernel: 3, stride: 2, pad: [0, 1, 2, 0], ceil_mode: true,
+     count_include_pad: false, inputs: [n1]}
+  - {name: a2, op: avgpool, kernel: 2, stride: 2, pad: 1, ceil_mode: true, inputs: [n1]}
+  - {name: a3, op: avgpool, kernel: 3, stride: 2, pad: [0, 1, 2, 0], ceil_mode: true,
+     inputs: [n1]}
+  - {name: p1, op: adaptive_avgpool, output: [3, 2], inputs: [m1]}
+  - {name: p2, op: adaptive_avgpool, output: [3, 2], inputs: [a1]}
+  - {name: p3, op: adaptive_avgpool, output: [3, 2], inputs: [a2]}
+  - {name: p4, op: adaptive_avgpool, output: [3, 2], inputs: [a3]}
+  - {name: s, op: add, inputs: [p1, p2]}
+  - {name: cat, op: concat, inputs: [s, p3, p4]}
+  - {name: f, op: flatten}
+  - {name: d, op: dropout, rate: 0.3}
+  - {name: fc, op: linear, units: 5}
+"""
+
+MACHINE_KEYS = {
+    "cpu": str,
+    "cores": int,
+    "threads": int,
+    "numpy": str,
+    "onnxruntime": str,
+    "sgemm_peak_gflops": float,
+    "sgemm": list,
+}
+ROW_KEYS = {
+    "executor": str,
+    "mode": str,
+    "batch_size": int,
+    "threads": int,
+    "repeats": int,
+    "latency_ms": float,
+    "latency_ms_min": float,
+    "latency_ms_max": float,
+    "latencies_ms": list,
+    "images_per_s": float,
+    "images_per_s_min": float,
+    "images_per_s_max": float,
+    "flops_per_image": int,
+    "gflops": float,
+    "share_of_peak": float,
+    "peak_method": str,
+}
+
+
+def _torch_or_skip():
+    from alexc.bench_torch import available
+
+    reason = available()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def mini():
+    return load_graph(GRAPHS / "alexnet-mini.yaml")
+
+
+@pytest.fixture(scope="module")
+def document(mini):
+    return run_bench(
+        mini,
+        batch_sizes=(1, 4),
+        threads=1,
+        executors=("numpy", "onnxruntime", "torch"),
+        repeats=2,
+        profile=True,
+        sgemm_repeats=2,
+    )
+
+
+@pytest.fixture
+def bench_cli(run_cli):
+    """The CLI with `bench` registered (alexc/cli.py registers it; tests must not depend on it)."""
+    from alexc.cli import app
+    from alexc.cli_bench import bench
+
+    if not any(c.callback is bench for c in app.registered_commands):
+        app.command("bench")(bench)
+    return run_cli
+
+
+def test_document_is_json_with_the_machine_described(document):
+    assert json.loads(json.dumps(document)) == document
+    machine = document["machine"]
+    for key, kind in MACHINE_KEYS.items():
+        assert isinstance(machine[key], kind), key
+    assert "torch" in machine and machine["threads"] == 1
+    assert machine["sgemm_peak_gflops"] == max(s["gflops"] for s in machine["sgemm"]) > 0
+    for s in machine["sgemm"]:
+        assert {"m", "k", "n", "gflops"} <= set(s)
+
+
+def test_one_row_per_executor_mode_and_batch(document, mini):
+    expected = {
+        (e, m, b)
+        for e in ("numpy", "onnxruntime", "onnxruntime-lrn-decomposed")  # mini has LRN
+        for m in ("infer", "train")
+        for b in (1, 4)
+        if m == "infer" or e == "numpy"
+    }
+    if "torch" not in {n["executor"] for n in document["skipped"]}:
+        expected |= {("torch", m, b) for m in ("infer", "train") for b in (1, 4)}
+    keys = [(r["executor"], r["mode"], r["batch_size"]) for r in document["results"]]
+    assert sorted(keys) == sorted(expected)
+    for r in document["results"]:
+        for key, kind in ROW_KEYS.items():
+            assert isinstance(r[key], kind), (key, r[key])
+        assert r["peak_mb"] is None or isinstance(r["peak_mb"], float)
+
+
+def test_numbers_are_consistent_with_the_work_done(document, mini):
+    """GFLOP/s = FLOPs per image (training: 3x forward) * batch / median latency."""
+    peak = document["machine"]["sgemm_peak_gflops"]
+    for r in document["results"]:
+        b, times = r["batch_size"], r["latencies_ms"]
+        seconds = r["latency_ms"] / 1e3
+        assert len(times) == r["repeats"] == 2
+        assert r["latency_ms"] == pytest.approx(median(times))
+        assert r["latency_ms_min"] == min(times) <= r["latency_ms"] <= r["latency_ms_max"]
+        assert r["latency_ms_max"] == max(times)
+        assert r["images_per_s"] == pytest.approx(b / seconds)
+        assert r["images_per_s_min"] <= r["images_per_s"] <= r["images_per_s_max"]
+        factor = TRAIN_FLOPS_FACTOR if r["mode"] == "train" else 1
+        assert r["flops_per_image"] == mini.total_flops * factor
+        assert r["gflops"] == pytest.approx(mini.total_flops * factor * b / seconds / 1e9)
+        assert r["share_of_peak"] == pytest.approx(r["gflops"] / peak)
+
+
+def test_numpy_peak_memory_covers_parameters_and_activations(document, mini):
+    param_mb = mini.num_params * 4 / MB
+    assert document["graph"]["param_mb"] == pytest.approx(param_mb)
+    widest = max(math.prod(mini.shapes[n.name]) for n in mini.nodes if n.op is Op.CONV) * 4
+    rows = [r for r in document["results"] if r["executor"] == "numpy"]
+    for r in rows:
+        assert r["peak_method"] == "tracemalloc"
+        held = param_mb * (2 if r["mode"] == "train" else 1)  # + momentum buffers
+        # The widest conv output is allocated during the call, on top of what is held.
+        assert r["peak_mb"] >= held + widest * r["batch_size"] / MB
+        assert r["planned_peak_mb"] > param_mb
+    for mode in ("infer", "train"):
+        by_batch = {r["batch_size"]: r["peak_mb"] for r in rows if r["mode"] == mode}
+        assert by_batch[4] > by_batch[1]
+
+
+def test_other_rows_measure_resident_memory(document):
+    for r in document["results"]:
+        if r["executor"] != "numpy":
+            assert r["peak_method"] in ("rss", "unavailable (VmHWM cannot be reset here)")
+            assert (r["peak_mb"] is None) == (r["peak_method"] != "rss")
+
+
+def test_profile_accounts_for_every_step(document, mini):
+    profiles = {(p["mode"], p["batch_size"]): p for p in document["profile"]}
+    assert set(profiles) == {(m, b) for m in ("infer", "train") for b in (1, 4)}
+    for (mode, _), p in profiles.items():
+        nodes = [r["node"] for r in p["nodes"]]
+        kept = {n.name for n in mini.nodes if mode == "train" or n.op is not Op.DROPOUT}
+        assert kept <= set(nodes)
+        assert nodes[-1] == "overhead"
+        assert sum(r["ms"] for r in p["nodes"]) == pytest.approx(p["total_ms"])
+        assert sum(r["share"] for r in p["nodes"]) == pytest.approx(1.0)
+        assert sum(o["ms"] for o in p["ops"]) == pytest.approx(p["total_ms"])
+        for r in p["nodes"][:-1]:
+            assert r["ms"] >= 0
+            if r["forward_ms"] is not None:
+                assert r["ms"] == pytest.approx(r["forward_ms"] + (r["backward_ms"] or 0.0))
+        conv1 = next(r for r in p["nodes"] if r["node"] == "conv1")
+        assert (conv1["backward_ms"] is not None) == (mode == "train")
+
+
+def test_timed_kernels_restores_the_table():
+    from alexc_runtime.kernels import KERNELS
+
+    before = dict(KERNELS)
+    log = []
+    with timed_kernels(log):
+        assert KERNELS["conv"] is not before["conv"]
+    assert KERNELS == before
+
+
+def test_plan_rows_expands_onnxruntime_and_explains_what_it_leaves_out(mini, monkeypatch):
+    import alexc.bench_torch
+
+    rows, notes = plan_rows(mini, ["torch", "numpy", "onnxruntime"], ["infer"], [4, 1, 4])
+    executors = list(dict.fromkeys(r.executor for r in rows))
+    torch_rows = [] if any(n["executor"] == "torch" for n in notes) else ["torch"]
+    assert executors == ["numpy", "onnxruntime", "onnxruntime-lrn-decomposed", *torch_rows]
+    assert [r.batch_size for r in rows if r.executor == "numpy"] == [4, 1]
+
+    tiny = parse_graph(TINY)
+    monkeypatch.setattr(alexc.bench_torch, "available", lambda: "PyTorch is not installed")
+    rows, notes = plan_rows(tiny, list(EXECUTORS), ["infer", "train"], [2])
+    assert rows == [
+        Row("numpy", "infer", 2),
+        Row("numpy", "train", 2),
+        Row("onnxruntime", "infer", 2),
+    ]
+    reasons = {n["executor"]: n["reason"] for n in notes}
+    assert reasons["torch"] == "PyTorch is not installed"
+    assert "no LRN" in reasons["onnxruntime-lrn-decomposed"]
+    assert "inference only" in reasons["onnxruntime"]
+    with pytest.raises(AlexcError, match="unknown executor 'tensorflow'"):
+        plan_rows(tiny, ["tensorflow"], ["infer"], [1])
+    with pytest.raises(AlexcError, match="batch sizes"):
+        plan_rows(tiny, ["numpy"], ["infer"], [0])
+
+
+def test_torch_rows_are_skipped_with_a_note_when_torch_is_missing(monkeypatch):
+    import alexc.bench_torch
+
+    monkeypatch.setattr(alexc.bench_torch, "available", lambda: "PyTorch is not installed")
+    doc = run_bench(
+        parse_graph(TINY), batch_sizes=(2,), threads=1, executors=("torch",), sgemm_repeats=1
+    )
+    assert doc["results"] == []
+    assert doc["skipped"][0] == {"executor": "torch", "reason": "PyTorch is not installed"}
+
+
+@pytest.mark.parametrize("graph", ["alexnet-mini", "edges"])
+def test_torch_lowering_matches_the_numpy_executor(graph):
+    """An independent oracle for alexc's forward: torch.nn.functional on the same Graph."""
+    _torch_or_skip()
+    from alexc.bench_torch import forward_numpy
+
+    g = load_graph(GRAPHS / f"{graph}.yaml") if graph != "edges" else parse_graph(EDGES)
+    params = g.init_params(3)
+    x = np.random.default_rng(1).standard_normal((4, *g.input.shape), dtype=np.float32)
+    ours = compile(g, 4, threads=1).forward(params, x)
+    theirs = forward_numpy(g, params, x, threads=1)
+    assert np.abs(theirs - ours).max() <= 1e-4 * np.abs(ours).max()
+
+
+def test_torch_gradients_match_the_numpy_executor(mini):
+    """And for the backward pass: torch autograd against alexc's hand-derived gradients."""
+    _torch_or_skip()
+    import torch
+
+    from alexc.bench_torch import TorchProgram
+
+    params = mini.init_params(5)
+    x = np.random.default_rng(2).standard_normal((4, *mini.input.shape), dtype=np.float32)
+    labels = np.array([0, 3, 9, 3])
+    loss, grads = compile(mini, 4, threads=1).loss_and_grads(params, x, labels, train=False)
+    program = TorchProgram(mini)
+    tensors = {k: t.requires_grad_(True) for k, t in program.tensors(params).items()}
+    logits = program(tensors, torch.from_numpy(x), train=False)
+    theirs = torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels))
+    theirs.backward()
+    assert float(theirs.detach()) == pytest.approx(loss, rel=1e-5)
+    for name, g in grads.items():
+        t = tensors[name].grad.numpy()
+        assert np.abs(t - g).max() <= 1e-4 * np.abs(g).max(), name
+
+
+def test_cli_writes_json_and_prints_a_table(bench_cli, tmp_path):
+    graph = tmp_path / "tiny.yaml"
+    graph.write_text(TINY)
+    out = tmp_path / "bench.json"
+    code, stdout, stderr = bench_cli(
+        "bench", graph, "-b", "1,4", "-e", "numpy,onnxruntime", "-r", "2", "-t", "1",
+        "--json", out,
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert "images/s" in stdout and "tiny" in stdout and f"wrote {out}" in stdout
+    doc = json.loads(out.read_text())
+    assert {"machine", "results", "graph", "config", "conventions", "skipped"} <= set(doc)
+    keys = {(r["executor"], r["mode"], r["batch_size"]) for r in doc["results"]}
+    assert keys == {
+        ("numpy", "infer", 1),
+        ("numpy", "infer", 4),
+        ("numpy", "train", 1),
+        ("numpy", "train", 4),
+        ("onnxruntime", "infer", 1),
+        ("onnxruntime", "infer", 4),
+    }
+
+
+def test_cli_markdown_and_profile(bench_cli, tmp_path):
+    graph = tmp_path / "tiny.yaml"
+    graph.write_text(TINY)
+    code, stdout, stderr = bench_cli(
+        "bench", graph, "-b", "2", "-e", "numpy", "--modes", "train", "-r", "1", "-t", "1",
+        "--markdown", "--profile",
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert "| numpy | train | 2 |" in stdout
+    assert "sgd update" in stdout and "by op:" in stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-e", "numpy,tensorflow"], "--executors: unknown name 'tensorflow'"),
+        (["-b", "1,many"], "--batch-sizes takes comma-separated positive integers"),
+        (["-b", "0"], "--batch-sizes takes comma-separated positive integers"),
+        (["-b", ""], "--batch-sizes takes comma-separated positive integers"),
+        (["--modes", "eval"], "--modes: unknown name 'eval'"),
+    ],
+)
+def test_cli_refuses_bad_options_in_one_line(bench_cli, tmp_path, args, message):
+    graph = tmp_path / "tiny.yaml"
+    graph.write_text(TINY)
+    code, stdout, stderr = bench_cli("bench", graph, *args)
+    assert code == 1
+    assert message in stderr
+    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
