@@ -34,19 +34,20 @@ def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     ]
 
 
-def _panel(draw: ImageDraw.ImageDraw, box, title, series, y_range=None):
-    """One chart: axes, ticks, a legend, and a polyline per (label, xs, ys) series."""
+def _panel(draw: ImageDraw.ImageDraw, box, title, series, legend_top=True):
+    """One chart: axes, ticks, a legend (top or bottom right, away from the curves' usual
+    path), and a polyline per (label, xs, ys) series."""
     left, top, right, bottom = box
     xs_all = [x for _, xs, _ in series for x in xs]
     ys_all = [y for _, _, ys in series for y in ys]
     x0, x1 = min(xs_all), max(xs_all)
     if x1 == x0:
         x1 = x0 + 1
-    y0, y1 = y_range or (min(ys_all), max(ys_all))
+    y0, y1 = min(ys_all), max(ys_all)
     if y1 == y0:
         y1 = y0 + 1
     pad = (y1 - y0) * 0.05
-    y0, y1 = (y0 - pad, y1 + pad) if y_range is None else (y0, y1)
+    y0, y1 = y0 - pad, y1 + pad
 
     def at(x, y):
         return (
@@ -74,12 +75,9 @@ def _panel(draw: ImageDraw.ImageDraw, box, title, series, y_range=None):
             draw.line(points, fill=colour, width=2)
         for x, y in points:
             draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
-        draw.line(
-            [(right - 110, top + 12 + 14 * i), (right - 90, top + 12 + 14 * i)],
-            fill=colour,
-            width=2,
-        )
-        draw.text((right - 86, top + 6 + 14 * i), label, fill=(0, 0, 0))
+        y = top + 12 + 14 * i if legend_top else bottom - 12 - 14 * (len(series) - 1 - i)
+        draw.line([(right - 110, y), (right - 90, y)], fill=colour, width=2)
+        draw.text((right - 86, y - 6), label, fill=(0, 0, 0))
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -105,7 +103,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     ]
     if all("train_top1" in r for r in epochs):
         accuracy.insert(0, ("train top-1", xs, [r["train_top1"] for r in epochs]))
-    _panel(draw, (570, 40, 980, 360), "accuracy", accuracy)
+    _panel(draw, (570, 40, 980, 360), "accuracy", accuracy, legend_top=False)
     out = Path(out) if out is not None else Path(run_dir) / "curves.png"
     try:
         image.save(out)

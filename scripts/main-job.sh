@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The main job on a fresh Debian machine: install alexc and the Fashion-MNIST package, train
+# the mini AlexNet on the real data, export the weights to ONNX, and cross-check the ONNX file
+# in onnxruntime against alexc's own executor (outputs and test-set accuracy).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=${RUN:-runs/mini}
+
+if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
+fi
+if [ ! -x .venv/bin/alexc ]; then
+  python3 -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e .
+fi
+. .venv/bin/activate
+
+alexc train graphs/alexnet-mini.yaml --out "$RUN"
+alexc export graphs/alexnet-mini.yaml --weights "$RUN/best.safetensors" --onnx "$RUN/alexnet-mini.onnx"
+alexc check graphs/alexnet-mini.yaml --weights "$RUN/best.safetensors" --onnx "$RUN/alexnet-mini.onnx"
+alexc eval graphs/alexnet-mini.yaml --weights "$RUN/best.safetensors" --executor onnxruntime
+alexc plot "$RUN"
