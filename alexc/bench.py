@@ -237,6 +237,15 @@ class _Bench:
             self._batch = (batch_size, x, rng.integers(0, classes, batch_size))
         return self._batch[1:]
 
+    def prepare(self, row: Row) -> None:
+        """Make what a row shares with others (inputs, the ONNX export, the torch program), so
+        building the row itself allocates only what the executor needs."""
+        self.inputs(row.batch_size)
+        if row.executor.startswith("onnxruntime"):
+            self.onnx_model(self._lrn_form(row))
+        elif row.executor == "torch":
+            self.torch_program()
+
     def setup(self, row: Row) -> _Setup:
         x, labels = self.inputs(row.batch_size)
         if row.executor == "numpy":
@@ -262,6 +271,10 @@ class _Bench:
 
         return _Setup(step, "tracemalloc", 2 * self.param_bytes, extra)
 
+    @staticmethod
+    def _lrn_form(row: Row) -> str:
+        return "decomposed" if row.executor.endswith("lrn-decomposed") else "node"
+
     def onnx_model(self, form: str) -> bytes:
         if form not in self._onnx:
             from .onnx_export import export_onnx
@@ -273,8 +286,7 @@ class _Bench:
     def _onnxruntime(self, row: Row, x) -> _Setup:
         from alexc_runtime.ort import OrtPredictor
 
-        form = "decomposed" if row.executor.endswith("lrn-decomposed") else "node"
-        model = self.onnx_model(form)
+        model = self.onnx_model(self._lrn_form(row))
         predictor = OrtPredictor(model, self.threads)
         return _Setup(lambda: predictor.predict(x), "rss")
 
@@ -367,6 +379,7 @@ def _measure(
     peak_gflops: float,
     tick: Callable[[int], None],
 ) -> dict:
+    bench.prepare(row)
     if _uses_rss(row):
         _release_free_memory()
         baseline = _proc_status()["VmRSS"]

@@ -8,14 +8,13 @@ state, class names, graph fingerprint, ...).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from .errors import CheckpointError
+from .files import write_atomic
 from .ir import Graph
 
 MOMENTUM = "momentum/"
@@ -38,28 +37,7 @@ def save_checkpoint(
     for k, v in (momentum or {}).items():
         tensors[MOMENTUM + k] = np.ascontiguousarray(v)
     blob = save(tensors, metadata={"alexc": json.dumps(dict(meta or {}))})
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot write the checkpoint ({e.strerror})") from None
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, blob, "checkpoint", CheckpointError)
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict, dict, dict]:

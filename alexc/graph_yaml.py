@@ -8,15 +8,14 @@ hand-written files in graphs/: one flow mapping per node, attributes at their de
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
 
-from .errors import AlexcError, GraphError
+from .errors import GraphError
+from .files import write_atomic
 from .graph import DEFAULT_INIT
 from .ir import Graph, Node
 from .ops import RULES
@@ -114,18 +113,4 @@ def graph_to_yaml(graph: Graph, comment: str | None = None) -> str:
 
 def write_graph(graph: Graph, path: str | Path, comment: str | None = None) -> None:
     """Write `graph` as a graph file, atomically (temp file + rename)."""
-    path = Path(path)
-    text = graph_to_yaml(graph, comment)
-    # Not mkstemp: its 0600 mode would make the graph file private; "x" honours the umask.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "x", encoding="utf-8") as f:
-            f.write(text)
-    except OSError as e:
-        raise AlexcError(f"{path}: cannot write the graph file ({e.strerror or e})") from None
-    try:
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise AlexcError(f"{path}: cannot write the graph file ({e.strerror or e})") from None
+    write_atomic(path, graph_to_yaml(graph, comment).encode(), "graph file")

@@ -12,8 +12,6 @@ the newest IR version and opset, which onnxruntime refuses.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .checkpoint import check_params
 from .errors import AlexcError
+from .files import write_atomic
 from .ir import Graph, Node, Op
 from .ops import RULES
 
@@ -485,28 +484,4 @@ def export_onnx(
 
 def write_model(model: onnx.ModelProto, path: str | Path) -> None:
     """Write atomically (temp file + rename); an unwritable path is a one-line AlexcError."""
-    path = Path(path)
-    blob = model.SerializeToString()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise AlexcError(f"{path}: cannot write the ONNX model ({_why(path, e)})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise AlexcError(f"{path}: cannot write the ONNX model ({_why(path, e)})") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _why(path: Path, error: OSError) -> str:
-    # mkdir under a regular file says "File exists"; name the file that is in the way instead.
-    for parent in path.parents:
-        if parent.exists():
-            return error.strerror or str(error) if parent.is_dir() else f"{parent} is not a folder"
-    return error.strerror or str(error)
+    write_atomic(path, model.SerializeToString(), "ONNX model")

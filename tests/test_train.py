@@ -123,7 +123,7 @@ def test_failed_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", broken_fsync)
-    with pytest.raises(OSError):
+    with pytest.raises(alexc.CheckpointError, match="No space left"):
         save_checkpoint(path, {"w": np.zeros(3, np.float32)}, meta={"v": 2})
     monkeypatch.undo()
     params, _, meta = read_checkpoint(path)
