@@ -79,7 +79,10 @@ def train(
     ),
     workers: int = typer.Option(2, "--workers", min=1, help="data loading threads"),
     limit_batches: int = typer.Option(
-        None, "--limit-batches", min=1, help="stop each epoch after N batches (smoke tests)"
+        None,
+        "--limit-batches",
+        min=1,
+        help="stop each epoch, and its validation, after N batches (smoke tests)",
     ),
 ):
     """Train a graph with SGD on real images (default: Fashion-MNIST)."""
