@@ -34,11 +34,17 @@ class SGD:
 
     def step(self, params: dict[str, np.ndarray], grads: Mapping[str, np.ndarray], lr: float):
         m, decay = self.momentum, self.weight_decay * lr
+        sizes = [w.size for w in params.values()]
+        dtype = np.result_type(*params.values()) if params else np.float32
+        scratch = np.empty(max(sizes, default=0), dtype)
         for name, w in params.items():
             v = self.buffers[name]
+            tmp = scratch[: w.size].reshape(w.shape)  # one scratch buffer, no temporaries
             v *= m
-            v -= decay * w
-            v -= lr * grads[name]
+            np.multiply(w, decay, out=tmp)
+            v -= tmp
+            np.multiply(grads[name], lr, out=tmp)
+            v -= tmp
             w += v
 
 

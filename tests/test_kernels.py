@@ -861,3 +861,15 @@ def test_inference_context_skips_saved_state_with_the_same_output(op, attrs):
     y_infer, nothing = forward(op, attrs, x, ctx=KernelContext(grad=False))
     np.testing.assert_array_equal(y_infer, y_grad)
     assert saved and nothing == ()
+
+
+def test_conv_backward_skips_dx_when_not_needed():
+    """The first layer's input is the image: no dx, the same dw and db."""
+    attrs, inputs = conv_inputs("wide-alexnet-conv4-like", np.random.default_rng(41))
+    y, saved = forward("conv", attrs, *inputs)
+    dy = np.random.default_rng(42).standard_normal(y.shape)
+    full = KERNELS["conv"].backward(CTX, attrs, dy, saved)
+    partial = KERNELS["conv"].backward(KernelContext(needs=(False, True, True)), attrs, dy, saved)
+    assert partial[0] is None
+    np.testing.assert_array_equal(partial[1], full[1])
+    np.testing.assert_array_equal(partial[2], full[2])

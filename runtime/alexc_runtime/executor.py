@@ -8,6 +8,7 @@ kept only in training plans, and released by that backward step.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
@@ -53,8 +54,12 @@ class PlanExecutor:
             for step in plan.steps:
                 kernel = KERNELS[step.op]
                 if step.backward:
+                    needs = tuple(out is not None for out in step.outputs)
                     grads = kernel.backward(
-                        ctx, step.attrs, env[step.inputs[0]], saved.pop(step.node)
+                        replace(ctx, needs=needs),
+                        step.attrs,
+                        env[step.inputs[0]],
+                        saved.pop(step.node),
                     )
                     for out, grad, add in zip(step.outputs, grads, step.accumulate, strict=True):
                         if out is not None:

@@ -214,7 +214,8 @@ def conv_backward(
     positions = g.positions
     fg = g.filters // g.groups
     w_groups_t = w.reshape(g.groups, fg, -1).transpose(0, 2, 1)
-    dx = np.empty(x.shape, dtype=x.dtype)
+    needs_dx = ctx.needs is None or ctx.needs[0]  # not for the image itself (the first layer)
+    dx = np.empty(x.shape, dtype=x.dtype) if needs_dx else None
     dw = np.zeros((g.groups, fg, w_groups_t.shape[1]), dtype=x.dtype)
     dw_block = np.empty_like(dw)
     cols_buf = np.empty(g.cols_rows * g.block * positions, dtype=x.dtype)
@@ -236,9 +237,10 @@ def conv_backward(
         shard(ctx, gather, nb)
         np.matmul(dyt, cols.transpose(0, 2, 1), out=dw_block)
         dw += dw_block
-        # The columns are no longer needed: their buffer receives the column gradients.
-        np.matmul(w_groups_t, dyt, out=cols)
-        shard(ctx, lambda s, e, b0=b0, cols6=cols6: _col2im(g, cols6, dx, b0, s, e), nb)
+        if dx is not None:
+            # The columns are no longer needed: their buffer receives the column gradients.
+            np.matmul(w_groups_t, dyt, out=cols)
+            shard(ctx, lambda s, e, b0=b0, cols6=cols6: _col2im(g, cols6, dx, b0, s, e), nb)
 
     dw = dw.reshape(w.shape)
     if not attrs["bias"]:
