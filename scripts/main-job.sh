@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/mini}
+# TRAIN_ARGS="--epochs 1 --limit-batches 5" makes a smoke run of the whole job.
+TRAIN_ARGS=${TRAIN_ARGS:-}
 
 if [ ! -d /usr/share/datasets/fashion-mnist ]; then
   apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist
@@ -16,7 +18,8 @@ if [ ! -x .venv/bin/alexc ]; then
 fi
 . .venv/bin/activate
 
-alexc train graphs/alexnet-mini.yaml --out "$RUN"
+# shellcheck disable=SC2086
+alexc train graphs/alexnet-mini.yaml --out "$RUN" $TRAIN_ARGS
 alexc export graphs/alexnet-mini.yaml --weights "$RUN/best.safetensors" --onnx "$RUN/alexnet-mini.onnx"
 alexc check graphs/alexnet-mini.yaml --weights "$RUN/best.safetensors" --onnx "$RUN/alexnet-mini.onnx"
 alexc eval graphs/alexnet-mini.yaml --weights "$RUN/best.safetensors" --executor onnxruntime
