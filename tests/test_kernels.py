@@ -338,16 +338,17 @@ def test_maxpool_forward(shape, attrs):
     assert argmax.nbytes == y.size  # one byte per output element
 
 
+# (input shape, (kernel, stride, pad, ceil_mode)) for avgpool's forward and gradient tests.
+AVGPOOL_CASES = [
+    ((2, 2, 7, 7), ((3, 3), (2, 2), (0, 0, 0, 0), False)),
+    ((2, 2, 6, 7), ((3, 3), (2, 2), (1, 1, 1, 1), True)),
+    ((1, 2, 8, 5), ((2, 3), (3, 2), (1, 0, 0, 2), True)),
+    ((1, 2, 5, 6), ((2, 2), (2, 2), (1, 1, 1, 1), False)),
+]
+
+
 @pytest.mark.parametrize("count_include_pad", [False, True])
-@pytest.mark.parametrize(
-    "shape, geometry",
-    [
-        ((2, 2, 7, 7), ((3, 3), (2, 2), (0, 0, 0, 0), False)),
-        ((2, 2, 6, 7), ((3, 3), (2, 2), (1, 1, 1, 1), True)),
-        ((1, 2, 8, 5), ((2, 3), (3, 2), (1, 0, 0, 2), True)),
-        ((1, 2, 5, 6), ((2, 2), (2, 2), (1, 1, 1, 1), False)),
-    ],
-)
+@pytest.mark.parametrize("shape, geometry", AVGPOOL_CASES)
 def test_avgpool_forward(shape, geometry, count_include_pad):
     kernel, stride, pad, ceil_mode = geometry
     x = np.random.default_rng(3).standard_normal(shape)
@@ -631,14 +632,7 @@ def test_maxpool_gradient_goes_to_first_max_on_ties():
 
 
 @pytest.mark.parametrize("count_include_pad", [False, True])
-@pytest.mark.parametrize(
-    "shape, geometry",
-    [
-        ((2, 2, 7, 7), ((3, 3), (2, 2), (0, 0, 0, 0), False)),
-        ((2, 2, 6, 7), ((3, 3), (2, 2), (1, 1, 1, 1), True)),
-        ((1, 2, 8, 5), ((2, 3), (3, 2), (1, 0, 0, 2), True)),
-    ],
-)
+@pytest.mark.parametrize("shape, geometry", AVGPOOL_CASES)
 def test_avgpool_gradients(shape, geometry, count_include_pad):
     kernel, stride, pad, ceil_mode = geometry
     x = np.random.default_rng(21).standard_normal(shape)
