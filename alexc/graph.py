@@ -201,6 +201,21 @@ def verify(graph: Graph) -> None:
             fail(f"output '{o}' is not defined")
 
 
+def rebuild(graph: Graph, *, inputs=None, nodes=None, outputs=None, classes=None) -> Graph:
+    """The same graph with some parts replaced, built and verified again (what passes use)."""
+    return build_graph(
+        graph.name,
+        graph.inputs if inputs is None else inputs,
+        graph.nodes if nodes is None else nodes,
+        graph.outputs if outputs is None else outputs,
+        train=graph.train,
+        data=graph.data,
+        classes=graph.classes if classes is None else classes,
+        source=graph.source,
+        lines=graph.lines,
+    )
+
+
 def with_classes(graph: Graph, num_classes: int, classes: Sequence[str] | None = None) -> Graph:
     """The same graph whose last linear layer has `num_classes` units (for another data set)."""
     last = [n for n in graph.nodes if n.op is Op.LINEAR]
@@ -211,30 +226,10 @@ def with_classes(graph: Graph, num_classes: int, classes: Sequence[str] | None =
         replace(n, attrs={**n.attrs, "units": num_classes}) if n is target else n
         for n in graph.nodes
     ]
-    return build_graph(
-        graph.name,
-        graph.inputs,
-        nodes,
-        graph.outputs,
-        train=graph.train,
-        data=graph.data,
-        classes=classes,
-        source=graph.source,
-        lines=graph.lines,
-    )
+    return rebuild(graph, nodes=nodes, classes=classes)
 
 
 def with_input_shape(graph: Graph, shape: Shape) -> Graph:
     """The same graph for another input shape (e.g. channels of a data set)."""
     (first, *rest) = graph.inputs
-    return build_graph(
-        graph.name,
-        [Input(first.name, tuple(shape)), *rest],
-        graph.nodes,
-        graph.outputs,
-        train=graph.train,
-        data=graph.data,
-        classes=graph.classes,
-        source=graph.source,
-        lines=graph.lines,
-    )
+    return rebuild(graph, inputs=[Input(first.name, tuple(shape)), *rest])

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from alexc_runtime.plan import Plan, Slot, Step
 
-from .graph import build_graph
+from .graph import rebuild
 from .ir import Graph, Node, Op
 from .ops import RULES
 
@@ -112,18 +112,7 @@ def strip_dropout(graph: Graph) -> Graph:
             nodes.append(replace(n, inputs=inputs))
     if not alias:
         return graph
-    outputs = [alias.get(o, o) for o in graph.outputs]
-    return build_graph(
-        graph.name,
-        graph.inputs,
-        nodes,
-        outputs,
-        train=graph.train,
-        data=graph.data,
-        classes=graph.classes,
-        source=graph.source,
-        lines=graph.lines,
-    )
+    return rebuild(graph, nodes=nodes, outputs=[alias.get(o, o) for o in graph.outputs])
 
 
 def logits_of(graph: Graph) -> str:
@@ -146,17 +135,7 @@ def add_loss(graph: Graph, label_smoothing: float = 0.0) -> Graph:
         (logits_of(graph),),
         {"label_smoothing": float(label_smoothing)},
     )
-    return build_graph(
-        graph.name,
-        graph.inputs,
-        [*graph.nodes, loss],
-        [LOSS],
-        train=graph.train,
-        data=graph.data,
-        classes=graph.classes,
-        source=graph.source,
-        lines=graph.lines,
-    )
+    return rebuild(graph, nodes=[*graph.nodes, loss], outputs=[LOSS])
 
 
 def _param_names(graph: Graph, node: Node) -> list[str]:
