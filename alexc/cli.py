@@ -124,26 +124,17 @@ class ExecutorChoice(str, Enum):
     onnxruntime = "onnxruntime"
 
 
-class _OrtForward:
-    """onnxruntime behind the NumPy executor's `forward(params, x)` (params are in the model)."""
-
-    def __init__(self, graph, params, threads: int):
+def _predictor(graph, params, executor: ExecutorChoice, threads: int, batch_size: int):
+    """Either executor behind the common inference interface, `.predict(x)`."""
+    if executor is ExecutorChoice.onnxruntime:
         from alexc_runtime.ort import OrtPredictor
 
         from .onnx_export import export_onnx
 
-        self.predictor = OrtPredictor(export_onnx(graph, params).SerializeToString(), threads)
-
-    def forward(self, params, x):
-        return self.predictor.predict(x)
-
-
-def _predictor(graph, params, executor: ExecutorChoice, threads: int, batch_size: int):
+        return OrtPredictor(export_onnx(graph, params).SerializeToString(), threads)
     from .compile import compile
 
-    if executor is ExecutorChoice.onnxruntime:
-        return _OrtForward(graph, params, threads)
-    return compile(graph, batch_size, threads=threads)
+    return compile(graph, batch_size, threads=threads).predictor(params)
 
 
 def _weights_graph(graph_path: Path, weights: Path):
@@ -190,9 +181,9 @@ def evaluate(
     crops = 10 if ten_crop else 1
     if ten_crop:
         augment = replace(augment, ten_crop=True)
-    exe = _predictor(g, params, executor, threads, batch_size)
+    predictor = _predictor(g, params, executor, threads, batch_size)
     with Loader(source, augment, batch_size=batch_size, train=False, seed=0) as loader:
-        result = run_eval(exe, params, loader, crops=crops)
+        result = run_eval(predictor, loader, crops=crops)
     result["executor"] = executor.value
     if as_json:
         print(json.dumps(result))
@@ -235,7 +226,7 @@ def infer(
             f"no readable image among {len(images)}: {source.skipped[0][0]}: {source.skipped[0][1]}"
         )
     x = np.concatenate([b[0] for b in batches])
-    probs = np.exp(log_softmax(_predictor(g, params, executor, threads, len(x)).forward(params, x)))
+    probs = np.exp(log_softmax(_predictor(g, params, executor, threads, len(x)).predict(x)))
     skipped = {path for path, _ in source.skipped}
     readable = [p for p in images if str(p) not in skipped]
     results = []

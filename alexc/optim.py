@@ -31,15 +31,15 @@ class SGD:
         for k, v in (buffers or {}).items():
             if k in self.buffers and self.buffers[k].shape == v.shape:
                 self.buffers[k][...] = v
+        # One scratch buffer for every update, allocated once: no temporaries per step.
+        dtype = np.result_type(*params.values()) if params else np.float32
+        self.scratch = np.empty(max((w.size for w in params.values()), default=0), dtype)
 
     def step(self, params: dict[str, np.ndarray], grads: Mapping[str, np.ndarray], lr: float):
         m, decay = self.momentum, self.weight_decay * lr
-        sizes = [w.size for w in params.values()]
-        dtype = np.result_type(*params.values()) if params else np.float32
-        scratch = np.empty(max(sizes, default=0), dtype)
         for name, w in params.items():
             v = self.buffers[name]
-            tmp = scratch[: w.size].reshape(w.shape)  # one scratch buffer, no temporaries
+            tmp = self.scratch[: w.size].reshape(w.shape)
             v *= m
             np.multiply(w, decay, out=tmp)
             v -= tmp

@@ -96,8 +96,9 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def evaluate(executor, params, loader, crops: int = 1, limit_batches: int | None = None) -> dict:
-    """Top-1, top-5 and mean loss of `params` over every batch of `loader` (dropout off).
+def evaluate(predictor, loader, crops: int = 1, limit_batches: int | None = None) -> dict:
+    """Top-1, top-5 and mean loss of a predictor (either executor's `.predict(x)`) over every
+    batch of `loader`.
 
     With `crops` > 1 the loader yields that many crops per image, in consecutive rows, and
     the prediction is the mean of their softmax (the paper's 10-crop evaluation)."""
@@ -106,7 +107,7 @@ def evaluate(executor, params, loader, crops: int = 1, limit_batches: int | None
     for i, (x, y) in enumerate(loader):
         if limit_batches is not None and i >= limit_batches:
             break
-        logp = log_softmax(executor.forward(params, x))
+        logp = log_softmax(predictor.predict(x))
         if crops > 1:
             logp = np.log(np.exp(logp).reshape(len(y), crops, -1).mean(axis=1))
         logits = logp
@@ -342,7 +343,7 @@ def train(
                 workers=workers,
             )
             with val_loader:
-                val = evaluate(executor, params, val_loader, limit_batches=limit_batches)
+                val = evaluate(executor.predictor(params), val_loader, limit_batches=limit_batches)
             schedule.end_epoch(val["top1"])
             state.epoch += 1
             state.batch = 0
