@@ -168,7 +168,7 @@ def lower(
     grads: dict[str, str] = {}
     if training:
         steps += _autodiff(graph, loss_node, steps, grads)
-    slots, arena, live_peak, extra_peak = _plan_memory(
+    slots, arena, live_peak = _plan_memory(
         graph, steps, feeds, param_names, outputs, batch_shape, itemsize
     )
     steps = _with_frees(steps, slots, keep=set(outputs) | set(grads.values()))
@@ -182,7 +182,6 @@ def lower(
         grads=grads,
         slots=slots,
         arena_bytes=arena,
-        extra_bytes=extra_peak,
         live_peak_bytes=live_peak,
         param_bytes=param_bytes,
     )
@@ -308,13 +307,12 @@ def _plan_memory(graph, steps, feeds, params, outputs, batch_shape, itemsize):
         value = name[len("grad:") :] if name.startswith("grad:") else name
         slots[name] = Slot(offset, size, tuple(batch_shape.get(value, ())), lo, hi)
     arena = max((s.offset + s.nbytes for s in slots.values()), default=0)
-    live_peak = extra_peak = 0
-    for i in range(-1, len(steps)):
-        extra = sum(b for s0, s1, b in held if s0 <= i <= s1)
-        live = sum(s.nbytes for s in slots.values() if s.start <= i <= s.end)
-        live_peak = max(live_peak, live + extra)
-        extra_peak = max(extra_peak, extra)
-    return slots, arena, live_peak, extra_peak
+    live_peak = max(
+        sum(s.nbytes for s in slots.values() if s.start <= i <= s.end)
+        + sum(b for s0, s1, b in held if s0 <= i <= s1)
+        for i in range(-1, len(steps))
+    )
+    return slots, arena, live_peak
 
 
 def _with_frees(steps: list[Step], slots: dict[str, Slot], keep: set[str]) -> list[Step]:

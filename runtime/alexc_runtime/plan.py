@@ -45,8 +45,8 @@ class Plan:
     grads: Mapping[str, str] = field(default_factory=dict)  # param -> its gradient buffer
     slots: Mapping[str, Slot] = field(default_factory=dict)  # activations and gradients
     arena_bytes: int = 0  # size of the arena holding activations and gradients
-    extra_bytes: int = 0  # planned peak of kernel state: saved masks, indices, and scratch
-    live_peak_bytes: int = 0  # planned peak of arena buffers in use plus that state, at one step
+    live_peak_bytes: int = 0  # planned peak of arena buffers in use plus kernel state (saved
+    # masks and indices, scratch) at one step
     param_bytes: int = 0  # parameters and their gradients
 
     @property
