@@ -265,7 +265,10 @@ def test_init_weights_reinitialises_mismatched_tensors(tiny, folder, tmp_path):
 # --- crash safety: SIGKILL at any moment leaves a readable checkpoint ---------------------------
 
 
-def test_sigkill_leaves_a_readable_checkpoint_and_resume_finishes(tiny, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "Ctrl-C"])
+def test_killed_or_interrupted_run_leaves_a_readable_checkpoint_and_resume_finishes(
+    tiny, tmp_path, sig
+):
     _, graph_path = tiny
     data = make_folder(tmp_path / "big", per_class=200)
     run = tmp_path / "run"
@@ -287,13 +290,16 @@ def test_sigkill_leaves_a_readable_checkpoint_and_resume_finishes(tiny, tmp_path
         "--checkpoint-every",
         "1",
     ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while not (run / "last.safetensors").exists() and time.time() < deadline:
         time.sleep(0.05)
-    time.sleep(0.3)  # let it write a few more checkpoints, then kill it mid-way
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    time.sleep(0.3)  # let it write a few more checkpoints, then stop it mid-way
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    if sig == signal.SIGINT:  # saves after the current step and exits cleanly
+        assert proc.returncode == 130 and "Traceback" not in err, err
+        assert "interrupted: saved" in out
     params, _, meta = read_checkpoint(run / "last.safetensors")
     assert meta["step"] >= 1 and params
     done = subprocess.run(
