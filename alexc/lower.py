@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
+from alexc_runtime.kernels import conv as conv_kernel
 from alexc_runtime.plan import Plan, Slot, Step
 
 from .graph import rebuild
@@ -52,30 +53,13 @@ class Memory:
     grad_only: bool = False  # `saved` is built only when a backward follows (ctx.grad)
 
 
-COLS_BUDGET = 16 << 20  # alexc_runtime.kernels.conv.COLS_BUDGET
-
-
-def _conv_block(a, ins, out, b) -> tuple[int, int, int]:
-    """(samples per GEMM block, columns per sample, padded-input bytes per sample), as the conv
-    kernel chooses them (wide rows of the padded width when the horizontal stride is 1)."""
-    (n, c, h, w), (_, _, kh, kw) = ins[0], ins[1]
-    top, left, bottom, right = a["pad"]
-    wp, hp = w + left + right, h + top + bottom
-    oh, ow = out[2], out[3]
-    cw = wp if a["stride"][1] == 1 else ow
-    positions = oh * cw
-    per_sample = c * kh * kw * positions * b
-    return max(1, min(n, COLS_BUDGET // per_sample)), positions, c * (hp + 1) * wp * b
-
-
-def _conv_workspace(a, ins, out, b):
-    block, positions, padded = _conv_block(a, ins, out, b)
-    c, (_, _, kh, kw) = ins[0][1], ins[1]
-    return block * (c * kh * kw * positions * b + out[1] * positions * b + padded)
+def _conv_workspace(a, ins, out, b, backward=False):
+    # The kernel's own account of its scratch (flat input and output blocks, tap weights).
+    return conv_kernel.workspace_bytes(ins[0], ins[1], a, b)[backward]
 
 
 def _conv_backward_workspace(a, ins, out, b):
-    return _conv_workspace(a, ins, out, b) + 2 * _elements(ins[1]) * b
+    return _conv_workspace(a, ins, out, b, backward=True)
 
 
 MEMORY: dict[Op, Memory] = {

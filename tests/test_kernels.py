@@ -302,7 +302,7 @@ def conv_inputs(case, rng, dtype=np.float64):
 def conv_block(request, monkeypatch):
     """Force the batch into GEMM blocks of 1 or 2 samples (2 leaves a ragged last block)."""
     if request.param is not None:
-        monkeypatch.setattr(conv, "_block_samples", lambda n, _: min(n, request.param))
+        monkeypatch.setattr(conv, "_block_samples", lambda n, *_: min(n, request.param))
 
 
 @pytest.mark.parametrize("case", sorted(CONV_CASES))
@@ -591,8 +591,12 @@ def test_lrn_matches_onnxruntime(convention, size):
 # -- backward vs finite differences (float64) -------------------------------------------------
 
 
+@pytest.mark.parametrize("fold", ["none", "row", "all"])
 @pytest.mark.parametrize("case", sorted(CONV_CASES))
-def test_conv_gradients(case, conv_block):
+def test_conv_gradients(case, fold, conv_block, monkeypatch):
+    """Every way backward can group kernel taps into GEMMs (the choice otherwise follows the
+    channel count, and these small cases would all take "all")."""
+    monkeypatch.setattr(conv, "_fold", lambda g: fold)
     attrs, inputs = conv_inputs(case, np.random.default_rng(17))
     assert check_gradients("conv", attrs, inputs) == len(inputs)
 

@@ -1,21 +1,29 @@
-"""conv: 2-D convolution as im2col + one GEMM per group; backward via col2im.
+"""conv: 2-D convolution as shifted GEMMs over one flat, padded copy of the input; no im2col.
 
-Columns are laid out (K, positions) with K = (C/groups)*kh*kw ordered (channel, ky, kx), which
-matches the weight layout (F, C/groups, kh, kw) reshaped to (F, K), and positions ordered
-(sample, oy, ox). The batch is processed in blocks of samples so the column buffer stays under
-``COLS_BUDGET`` bytes while each GEMM still spans thousands of positions. The block size depends
-only on the shapes, never on the thread count, so results do not depend on the pool either.
+Every convolution is first made a stride-1 one: a stride (sh, sw) becomes space-to-depth, which
+folds each sh x sw tile of the padded input into channels (c, a, b) and the kernel into
+ceil(kh/sh) x ceil(kw/sw) taps over them, the missing taps zero (a dilated, strided kernel is
+first spelled out densely). Then, for a block of samples, the input is copied once into ``xq``
+(C, T): per channel, the samples one after another, each row of W values followed by a gap of
+zeros, each sample of H rows followed by gap rows. The gaps are the padding, shared between
+neighbours: a gap of max(left, right) columns serves as one row's right padding and the next
+row's left padding (likewise for rows between samples). Output position q of the block is then
+(sample, row, column) = (q // (Hq*Wq), q // Wq % Hq, q % Wq), and the input it sees through
+kernel tap (i, j) is simply ``xq[:, q + i*dh*Wq + j*dw]``. So
 
-Wide rows (horizontal stride 1): each output row gets the full padded input width Wp of
-columns instead of ow, so that for one kernel offset the columns of a sample are one strided
-view whose rows are contiguous runs of Wp (of oh*Wp when the vertical stride is 1 too), rather
-than ow-element snippets. im2col and col2im become a few long copies instead of many short
-ones; the GEMM computes (Wp - ow) extra columns per row, which the scatter drops (forward) or
-which are zero (backward: their output gradient is set to zero, so they add nothing to dx or
-dw). The padded input gets extra rows so the last run stays inside the buffer.
+    out[:, q] = sum over taps (i, j) of  W[:, :, i, j] @ xq[:, q + i*dh*Wq + j*dw]
 
-``saved`` is ``(x, w)``: references to the forward inputs, not copies. Backward rebuilds the
-columns from ``x`` (cheaper in memory than keeping them: K*positions is ~kh*kw/stride^2 times x).
+is kh*kw GEMMs over shifted views of the same buffer, accumulated by BLAS in place (beta = 1:
+``alexc_runtime.blas.gemm``). Positions in the gaps compute values nobody reads; they cost
+Hq*Wq/(oh*ow) (about 1.16 for AlexNet's layers) in FLOPs, against the kh*kw-fold copy
+traffic of im2col. Backward is the same sums turned around: dW for tap (i, j) is dy times the
+shifted view (K = positions, the long side), and dx accumulates W^T dy into the shifted views
+of a zeroed ``dxq`` (dy is zero at the gap positions, so they add nothing).
+
+The batch is processed in blocks of samples so the buffers stay near ``BLOCK_BUDGET`` bytes. The
+block size depends only on the shapes, never on the thread count, and taps are accumulated in a
+fixed order, so results do not depend on the pool either. ``saved`` is ``(x, w)``: references
+to the forward inputs, not copies.
 """
 
 from __future__ import annotations
@@ -26,176 +34,262 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from alexc_runtime.kernels.base import KernelContext, padded_block, shard, window_slice
+from alexc_runtime.blas import gemm
+from alexc_runtime.kernels.base import KernelContext, shard
 
-COLS_BUDGET = 16 << 20  # bytes of im2col columns per block of samples (a tuning knob)
+# Bytes of the flat input or output per block of samples (tuning knobs). Forward GEMMs accumulate
+# into the output block once per tap, so it should stay in cache; backward's weight-gradient
+# GEMMs reduce over the block's positions, which favours long blocks.
+BLOCK_BUDGET = 4 << 20
+BACKWARD_BLOCK_BUDGET = 16 << 20
 
 
 @dataclass(frozen=True)
 class _Geometry:
+    """The original convolution and the stride-1 one computed in its place."""
+
     n: int
     c: int
     h: int
     w: int
     filters: int
     groups: int
-    kh: int
+    kh: int  # the kernel as given (dilated extent (kh-1)*dh+1 when strided: spelled out)
     kw: int
-    sh: int
-    sw: int
     dh: int
     dw: int
-    top: int
-    left: int
-    bottom: int
-    right: int
+    sh: int
+    sw: int
+    pad: tuple[int, int, int, int]  # top, left, bottom, right
     oh: int
     ow: int
-    block: int  # samples per GEMM block
-    cw: int  # columns per output row: the padded width Wp (wide rows) or ow
-    hb: int  # rows of the padded input buffer (wide rows add some below)
+    # The stride-1 problem: channels (c, a, b), data rows/cols, its own padding, its taps.
+    ci: int
+    hi: int
+    wi: int
+    top: int
+    left: int
+    khi: int
+    kwi: int
+    dhi: int
+    dwi: int
+    hq: int  # rows per sample in the flat layout (data plus gap)
+    wq: int  # values per row in the flat layout (data plus gap)
 
     @property
-    def wide(self) -> bool:
-        return self.sw == 1
+    def strided(self) -> bool:
+        return self.sh > 1 or self.sw > 1
 
     @property
-    def wp(self) -> int:
-        return self.w + self.left + self.right
+    def pitch(self) -> int:
+        """Flat positions per sample."""
+        return self.hq * self.wq
 
-    @property
-    def positions(self) -> int:
-        """Columns per sample."""
-        return self.oh * self.cw
+    def out_len(self, nb: int) -> int:
+        """Output positions computed for a block: up to the last valid row of its last sample."""
+        return (nb - 1) * self.pitch + self.oh * self.wq
 
-    @property
-    def padded(self) -> bool:
-        return self.top or self.left or self.bottom or self.right
+    def flat_len(self, nb: int) -> int:
+        """Length of ``xq``: every tap of every computed position stays inside."""
+        reach = (self.khi - 1) * self.dhi * self.wq + (self.kwi - 1) * self.dwi
+        return max(nb * self.pitch, self.out_len(nb) + reach)
 
-    @property
-    def cols_rows(self) -> int:
-        """Rows of the column matrix over all groups: C*kh*kw."""
-        return self.c * self.kh * self.kw
-
-
-def _block_samples(n: int, cols_bytes_per_sample: int) -> int:
-    """Samples per GEMM block: as many as fit in ``COLS_BUDGET``, at least one."""
-    return max(1, min(n, COLS_BUDGET // cols_bytes_per_sample))
+    def offsets(self) -> list[tuple[int, int, int]]:
+        """(i, j, flat offset) of every tap, in the fixed order sums are taken."""
+        return [
+            (i, j, i * self.dhi * self.wq + j * self.dwi)
+            for i in range(self.khi)
+            for j in range(self.kwi)
+        ]
 
 
-def _geometry(x: np.ndarray, w: np.ndarray, attrs: Mapping) -> _Geometry:
-    n, c, h, width = x.shape
+def _geometry(x_shape: tuple, w_shape: tuple, attrs: Mapping) -> _Geometry:
+    n, c, h, width = x_shape
     groups = attrs["groups"]
     kh, kw = attrs["kernel"]
     sh, sw = attrs["stride"]
     top, left, bottom, right = attrs["pad"]
     dh, dw = attrs["dilation"]
-    filters = w.shape[0]
-    if w.shape != (filters, c // groups, kh, kw) or c % groups or filters % groups:
+    filters = w_shape[0]
+    if tuple(w_shape) != (filters, c // groups, kh, kw) or c % groups or filters % groups:
         raise ValueError(
-            f"conv weight {w.shape} does not fit input {x.shape} with groups={groups}, "
-            f"kernel={(kh, kw)}"
+            f"conv weight {tuple(w_shape)} does not fit input {tuple(x_shape)} with "
+            f"groups={groups}, kernel={(kh, kw)}"
         )
-    if w.dtype != x.dtype:
-        raise TypeError(f"conv weight dtype {w.dtype} differs from input dtype {x.dtype}")
-    oh = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
-    ow = (width + left + right - dw * (kw - 1) - 1) // sw + 1
+    ekh, ekw = (kh - 1) * dh + 1, (kw - 1) * dw + 1  # dilated extent
+    oh = (h + top + bottom - ekh) // sh + 1
+    ow = (width + left + right - ekw) // sw + 1
     if oh < 1 or ow < 1:
-        raise ValueError(f"conv output would be empty for input {x.shape} and attrs {attrs}")
-    wp, hp = width + left + right, h + top + bottom
-    cw = wp if sw == 1 else ow
-    # The last run of the last kernel offset ends (kw-1)*dw elements past row (oh-1)*sh+(kh-1)*dh.
-    hb = max(hp, (oh - 1) * sh + (kh - 1) * dh + 1 + -(-(kw - 1) * dw // wp)) if sw == 1 else hp
-    block = _block_samples(n, c * kh * kw * oh * cw * x.dtype.itemsize)
+        raise ValueError(f"conv output would be empty for input {x_shape} and attrs {attrs}")
+    if sh == 1 and sw == 1:
+        ci, hi, wi, khi, kwi, dhi, dwi = c, h, width, kh, kw, dh, dw
+        t, l, b, r = top, left, bottom, right
+    else:
+        # Space-to-depth of the padded input; the dense dilated kernel in ceil(ekh/sh) taps.
+        khi, kwi = -(-ekh // sh), -(-ekw // sw)
+        hi, wi = oh - 1 + khi, ow - 1 + kwi
+        ci, dhi, dwi = c * sh * sw, 1, 1
+        t = l = b = r = 0
+    hq = max(hi + max(t, b), oh)
+    wq = max(wi + max(l, r), ow)
     return _Geometry(
-        n, c, h, width, filters, groups, kh, kw, sh, sw, dh, dw, top, left, bottom, right, oh, ow,
-        block, cw, hb,
+        n, c, h, width, filters, groups, kh, kw, dh, dw, sh, sw, (top, left, bottom, right),
+        oh, ow, ci, hi, wi, t, l, khi, kwi, dhi, dwi, hq, wq,
     )  # fmt: skip
 
 
-def _wide_view(g: _Geometry, buf: np.ndarray, i: int | None = None, j: int | None = None):
-    """The columns of ``buf`` (nb, C, hb, Wp) as a strided view: (C, kh, kw, nb, oh, Wp), or
-    (C, nb, oh, Wp) for one kernel offset (i, j). Rows of the view are contiguous runs."""
+def _block_samples(n: int, bytes_per_sample: int, budget: int) -> int:
+    """Samples per block: as many as fit in ``budget`` bytes, at least one."""
+    return max(1, min(n, budget // bytes_per_sample))
+
+
+def _block(g: _Geometry, itemsize: int, backward: bool = False, copies: int = 1) -> int:
+    budget = BACKWARD_BLOCK_BUDGET if backward else BLOCK_BUDGET
+    return _block_samples(g.n, max(g.ci * copies, g.filters) * g.pitch * itemsize, budget)
+
+
+def workspace_bytes(x_shape: tuple, w_shape: tuple, attrs: Mapping, itemsize: int) -> tuple:
+    """(forward, backward) scratch bytes of one call, as the kernels below allocate them."""
+    g = _geometry(x_shape, w_shape, attrs)
+    taps = g.khi * g.kwi * g.filters * (g.ci // g.groups) * itemsize
+    # Strided: the padded tiles of a block, and the dense kernel the taps are cut from.
+    tiles = g.c * g.hi * g.sh * g.wi * g.sw * itemsize if g.strided else 0
+    dense = g.filters * (g.c // g.groups) * g.khi * g.sh * g.kwi * g.sw * itemsize
+    strided = dense if g.strided else 0
+    nb = _block(g, itemsize)
+    flat, out = g.ci * g.flat_len(nb) * itemsize, g.filters * g.out_len(nb) * itemsize
+    forward = flat + out + taps + strided + nb * tiles
+    fold = _fold(g)
+    outer, inner = _fold_offsets(g, fold)
+    nb = _block(g, itemsize, backward=True, copies=len(inner))
+    flat, out = g.ci * g.flat_len(nb) * itemsize, g.filters * g.out_len(nb) * itemsize
+    folded = 0 if fold == "none" else g.ci * len(inner) * (g.out_len(nb) + outer[-1]) * itemsize
+    # xq, dxq, dyq, both folded copies, the taps twice (gathered and folded), their gradients,
+    # and dw; strided: the tiles of a block in pack and unpack.
+    backward = 2 * flat + out + 2 * folded + 3 * taps + strided + 2 * nb * tiles
+    return forward, backward + int(np.prod(w_shape)) * itemsize
+
+
+def _tap_weights(g: _Geometry, w: np.ndarray) -> np.ndarray:
+    """(khi, kwi, F, C_i/groups) contiguous: one (F, C_i/groups) matrix per tap."""
+    if not g.strided:
+        return np.ascontiguousarray(w.transpose(2, 3, 0, 1))
+    f, cg = w.shape[:2]
+    dense = np.zeros((f, cg, g.khi * g.sh, g.kwi * g.sw), dtype=w.dtype)
+    dense[:, :, : (g.kh - 1) * g.dh + 1 : g.dh, : (g.kw - 1) * g.dw + 1 : g.dw] = w
+    dense6 = dense.reshape(f, cg, g.khi, g.sh, g.kwi, g.sw)
+    # Channel order (c, a, b) matches the space-to-depth of the input.
+    taps = dense6.transpose(2, 4, 0, 1, 3, 5)
+    return np.ascontiguousarray(taps).reshape(g.khi, g.kwi, f, cg * g.sh * g.sw)
+
+
+def _weight_grad(g: _Geometry, dtaps: np.ndarray, w_shape: tuple) -> np.ndarray:
+    """The inverse of ``_tap_weights`` for gradients: taps outside the kernel are dropped."""
+    if not g.strided:
+        return np.ascontiguousarray(dtaps.transpose(2, 3, 0, 1))
+    f, cg = w_shape[:2]
+    dense6 = dtaps.reshape(g.khi, g.kwi, f, cg, g.sh, g.sw).transpose(2, 3, 0, 4, 1, 5)
+    dense = dense6.reshape(f, cg, g.khi * g.sh, g.kwi * g.sw)
+    return np.ascontiguousarray(
+        dense[:, :, : (g.kh - 1) * g.dh + 1 : g.dh, : (g.kw - 1) * g.dw + 1 : g.dw]
+    )
+
+
+def _flat4(g: _Geometry, buf: np.ndarray, nb: int) -> np.ndarray:
+    """The first nb*Hq*Wq positions of a (rows, length) buffer as (rows, nb, Hq, Wq)."""
+    return buf[:, : nb * g.pitch].reshape(buf.shape[0], nb, g.hq, g.wq)
+
+
+def _positions(g: _Geometry, buf: np.ndarray, nb: int) -> np.ndarray:
+    """The valid output positions of a (F, length) buffer as a (F, nb, oh, ow) view."""
     item = buf.itemsize
-    plane = g.hb * g.wp * item
-    sample = g.c * plane
-    flat = buf.reshape(-1)
-    if i is None:
-        shape = (g.c, g.kh, g.kw, buf.shape[0], g.oh, g.wp)
-        strides = (plane, g.dh * g.wp * item, g.dw * item, sample, g.sh * g.wp * item, item)
-        return as_strided(flat, shape, strides, writeable=False)
-    start = flat[i * g.dh * g.wp + j * g.dw :]
-    shape = (g.c, buf.shape[0], g.oh, g.wp)
-    return as_strided(start, shape, (plane, sample, g.sh * g.wp * item, item))
+    strides = (buf.strides[0], g.pitch * item, g.wq * item, item)
+    return as_strided(buf, (buf.shape[0], nb, g.oh, g.ow), strides, writeable=buf.flags.writeable)
 
 
-def _im2col(g: _Geometry, x: np.ndarray, cols6: np.ndarray, b0: int, s: int, e: int) -> None:
-    """Fill ``cols6[..., s:e, :, :]`` (C, kh, kw, nb, oh, cw) from samples ``x[b0+s : b0+e]``."""
+def _pack(g: _Geometry, x: np.ndarray, xq: np.ndarray, b0: int, s: int, e: int) -> None:
+    """Write samples ``x[b0+s : b0+e]`` into their part of the flat layout ``xq`` (C_i, T)."""
+    part = _flat4(g, xq, e)[:, s:e]  # (C_i, e-s, Hq, Wq)
     xb = x[b0 + s : b0 + e]
-    if g.wide:
-        xb = padded_block(xb, g.top, g.left, g.hb, g.wp, 0)
-        np.copyto(cols6[:, :, :, s:e], _wide_view(g, xb))
+    if not g.strided:
+        part[:, :, : g.top] = 0
+        part[:, :, g.top + g.hi :] = 0
+        rows = part[:, :, g.top : g.top + g.hi]
+        rows[..., : g.left] = 0
+        rows[..., g.left + g.wi :] = 0
+        np.copyto(rows[..., g.left : g.left + g.wi], xb.transpose(1, 0, 2, 3))
         return
-    if g.padded:
-        xb = padded_block(xb, g.top, g.left, g.h + g.top + g.bottom, g.wp, 0)
-    xt = xb.transpose(1, 0, 2, 3)  # (C, nb, Hp, Wp), matching the column order
-    for i in range(g.kh):
-        rows = window_slice(i * g.dh, g.sh, g.oh)
-        for j in range(g.kw):
-            np.copyto(cols6[:, i, j, s:e], xt[:, :, rows, window_slice(j * g.dw, g.sw, g.ow)])
+    # Zero-pad into the tiled extent, then fold each sh x sw tile into channels (c, a, b).
+    top, left = g.pad[0], g.pad[1]
+    ph, pw = g.hi * g.sh, g.wi * g.sw
+    padded = np.zeros((e - s, g.c, ph, pw), dtype=x.dtype)
+    rows, cols = max(0, min(g.h, ph - top)), max(0, min(g.w, pw - left))
+    padded[:, :, top : top + rows, left : left + cols] = xb[:, :, :rows, :cols]
+    tiles = padded.reshape(e - s, g.c, g.hi, g.sh, g.wi, g.sw).transpose(1, 3, 5, 0, 2, 4)
+    part6 = part.reshape(g.c, g.sh, g.sw, e - s, g.hq, g.wq)
+    np.copyto(part6[..., : g.hi, : g.wi], tiles)
+    part6[..., g.hi :, :] = 0
+    part6[..., : g.hi, g.wi :] = 0
 
 
-def _col2im(g: _Geometry, dcols6: np.ndarray, dx: np.ndarray, b0: int, s: int, e: int) -> None:
-    """Accumulate column gradients ``dcols6[..., s:e, :, :]`` into ``dx[b0+s : b0+e]``."""
-    if g.wide:
-        dxb = np.zeros((e - s, g.c, g.hb, g.wp), dtype=dx.dtype)
-        for i in range(g.kh):
-            for j in range(g.kw):
-                target = _wide_view(g, dxb, i, j)
-                np.add(target, dcols6[:, i, j, s:e], out=target)
-        dx[b0 + s : b0 + e] = dxb[:, :, g.top : g.top + g.h, g.left : g.left + g.w]
+def _unpack(g: _Geometry, dxq: np.ndarray, dx: np.ndarray, b0: int, s: int, e: int) -> None:
+    """The inverse of ``_pack`` for gradients: ``dx[b0+s : b0+e]`` from the flat layout."""
+    part = _flat4(g, dxq, e)[:, s:e]
+    target = dx[b0 + s : b0 + e].transpose(1, 0, 2, 3)
+    if not g.strided:
+        np.copyto(target, part[:, :, g.top : g.top + g.hi, g.left : g.left + g.wi])
         return
-    if g.padded:
-        dxb = np.zeros((e - s, g.c, g.h + g.top + g.bottom, g.wp), dtype=dx.dtype)
-    else:
-        dxb = dx[b0 + s : b0 + e]
-        dxb.fill(0)
-    dxt = dxb.transpose(1, 0, 2, 3)
-    # Overlapping windows sum; offsets are visited in a fixed order, so sums are reproducible.
-    for i in range(g.kh):
-        rows = window_slice(i * g.dh, g.sh, g.oh)
-        for j in range(g.kw):
-            target = dxt[:, :, rows, window_slice(j * g.dw, g.sw, g.ow)]
-            np.add(target, dcols6[:, i, j, s:e], out=target)
-    if g.padded:
-        dx[b0 + s : b0 + e] = dxb[:, :, g.top : g.top + g.h, g.left : g.left + g.w]
+    top, left = g.pad[0], g.pad[1]
+    part6 = part.reshape(g.c, g.sh, g.sw, e - s, g.hq, g.wq)[..., : g.hi, : g.wi]
+    padded = np.empty((g.c, e - s, g.hi, g.sh, g.wi, g.sw), dtype=dx.dtype)
+    np.copyto(padded, part6.transpose(0, 3, 4, 1, 5, 2))
+    padded4 = padded.reshape(g.c, e - s, g.hi * g.sh, g.wi * g.sw)
+    rows = max(0, min(g.h, padded4.shape[2] - top))
+    cols = max(0, min(g.w, padded4.shape[3] - left))
+    # Input pixels no window reaches (past the last window) get a zero gradient.
+    target[...] = 0
+    target[:, :, :rows, :cols] = padded4[:, :, top : top + rows, left : left + cols]
+
+
+def _group_slices(g: _Geometry, copies: int = 1) -> tuple[list[slice], list[slice]]:
+    """Per group: its rows of the flat input (C_i, times ``copies`` when folded) and of the
+    output (F)."""
+    ci, f = g.ci // g.groups * copies, g.filters // g.groups
+    return [slice(k * ci, (k + 1) * ci) for k in range(g.groups)], [
+        slice(k * f, (k + 1) * f) for k in range(g.groups)
+    ]
 
 
 def conv_forward(
     ctx: KernelContext, attrs: Mapping, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None
 ) -> tuple[np.ndarray, tuple]:
     """y = conv(x, w) + b. saved = (x, w), references only."""
-    g = _geometry(x, w, attrs)
-    positions = g.positions
+    if w.dtype != x.dtype:
+        raise TypeError(f"conv weight dtype {w.dtype} differs from input dtype {x.dtype}")
+    g = _geometry(x.shape, w.shape, attrs)
+    nb_max = _block(g, x.itemsize)
     y = np.empty((g.n, g.filters, g.oh, g.ow), dtype=x.dtype)
-    w_groups = w.reshape(g.groups, g.filters // g.groups, -1)
-    cols_buf = np.empty(g.cols_rows * g.block * positions, dtype=x.dtype)
-    prod_buf = np.empty(g.filters * g.block * positions, dtype=x.dtype)
+    taps = _tap_weights(g, w)
+    xq_buf = np.empty(g.ci * g.flat_len(nb_max), dtype=x.dtype)
+    out_buf = np.empty(g.filters * g.out_len(nb_max), dtype=x.dtype)
     bias = None if b is None else b.reshape(-1, 1, 1)
+    gi, gf = _group_slices(g)
 
-    for b0 in range(0, g.n, g.block):
-        nb = min(g.block, g.n - b0)
-        cols = cols_buf[: g.cols_rows * nb * positions].reshape(g.groups, -1, nb * positions)
-        cols6 = cols.reshape(g.c, g.kh, g.kw, nb, g.oh, g.cw)
-        shard(ctx, lambda s, e, b0=b0, cols6=cols6: _im2col(g, x, cols6, b0, s, e), nb)
+    for b0 in range(0, g.n, nb_max):
+        nb = min(nb_max, g.n - b0)
+        length, out_len = g.flat_len(nb), g.out_len(nb)
+        xq = xq_buf[: g.ci * length].reshape(g.ci, length)
+        xq[:, nb * g.pitch :] = 0
+        shard(ctx, lambda s, e, b0=b0, xq=xq: _pack(g, x, xq, b0, s, e), nb)
+        out = out_buf[: g.filters * out_len].reshape(g.filters, out_len)
+        for k in range(g.groups):
+            for step, (i, j, off) in enumerate(g.offsets()):
+                gemm(taps[i, j, gf[k]], xq[gi[k], off : off + out_len], out[gf[k]], step > 0)
+        valid = _positions(g, out, nb)
 
-        prod = prod_buf[: g.filters * nb * positions].reshape(g.groups, -1, nb * positions)
-        np.matmul(w_groups, cols, out=prod)
-        prod4 = prod.reshape(g.filters, nb, g.oh, g.cw)
-
-        def scatter(s: int, e: int, b0: int = b0, prod4: np.ndarray = prod4) -> None:
-            # (F, nb, oh, ow) -> NCHW, adding the bias in the same pass (wide rows: cropped).
-            src = prod4[:, s:e, :, : g.ow].transpose(1, 0, 2, 3)
+        def scatter(s: int, e: int, b0: int = b0, valid: np.ndarray = valid) -> None:
+            # (F, nb, oh, ow) -> NCHW, adding the bias in the same pass.
+            src = valid[:, s:e].transpose(1, 0, 2, 3)
             if bias is None:
                 np.copyto(y[b0 + s : b0 + e], src)
             else:
@@ -205,44 +299,113 @@ def conv_forward(
     return y, (x, w)
 
 
+def _fold(g: _Geometry) -> str:
+    """How backward groups the taps into GEMMs: "none" (one per tap, K = channels), "row" (one
+    per kernel row over a kw-fold copy of the input) or "all" (one GEMM over a full im2col).
+    Folding pays a copy to lift narrow GEMM sides (conv1: 48 channels; paper conv2: 48 per
+    group) to where BLAS runs near its peak."""
+    cg = g.ci // g.groups
+    if cg * g.khi * g.kwi <= 512:
+        return "all"
+    return "row" if cg < 128 else "none"
+
+
+def _fold_offsets(g: _Geometry, fold: str) -> tuple[list[int], list[int]]:
+    """(offsets between GEMMs, offsets folded into the rows of one GEMM's operand)."""
+    rows = [i * g.dhi * g.wq for i in range(g.khi)]
+    cols = [j * g.dwi for j in range(g.kwi)]
+    every = [r + c for r in rows for c in cols]
+    return {"none": (every, [0]), "row": (rows, cols), "all": ([0], every)}[fold]
+
+
+def _fold_taps(g: _Geometry, taps: np.ndarray, fold: str) -> np.ndarray:
+    """(khi, kwi, F, Cg) tap weights -> (GEMMs, F, Cg * folded taps), rows ordered (c, tap)."""
+    f = g.filters
+    if fold == "none":
+        return taps.reshape(g.khi * g.kwi, f, -1)
+    order = (0, 2, 3, 1) if fold == "row" else (2, 3, 0, 1)
+    folded = np.ascontiguousarray(taps.transpose(order))
+    return folded.reshape(g.khi if fold == "row" else 1, f, -1)
+
+
+def _unfold_taps(g: _Geometry, folded: np.ndarray, fold: str) -> np.ndarray:
+    """The inverse of ``_fold_taps``: back to (khi, kwi, F, Cg)."""
+    f, cg = g.filters, g.ci // g.groups
+    if fold == "none":
+        return folded.reshape(g.khi, g.kwi, f, cg)
+    if fold == "row":
+        return folded.reshape(g.khi, f, cg, g.kwi).transpose(0, 3, 1, 2)
+    return folded.reshape(f, cg, g.khi, g.kwi).transpose(2, 3, 0, 1)
+
+
 def conv_backward(
     ctx: KernelContext, attrs: Mapping, dy: np.ndarray, saved: tuple
 ) -> tuple[np.ndarray, ...]:
-    """Gradients (dx, dw) or (dx, dw, db): dw = dy . cols^T, dx = col2im(w^T . dy)."""
+    """Gradients (dx, dw) or (dx, dw, db), by the shifted GEMMs of the forward turned around."""
     x, w = saved
-    g = _geometry(x, w, attrs)
-    positions = g.positions
-    fg = g.filters // g.groups
-    w_groups_t = w.reshape(g.groups, fg, -1).transpose(0, 2, 1)
+    g = _geometry(x.shape, w.shape, attrs)
+    fold = _fold(g)
+    outer, inner = _fold_offsets(g, fold)
+    nb_max = _block(g, x.itemsize, backward=True, copies=len(inner))
     needs_dx = ctx.needs is None or ctx.needs[0]  # not for the image itself (the first layer)
     dx = np.empty(x.shape, dtype=x.dtype) if needs_dx else None
-    dw = np.zeros((g.groups, fg, w_groups_t.shape[1]), dtype=x.dtype)
-    dw_block = np.empty_like(dw)
-    cols_buf = np.empty(g.cols_rows * g.block * positions, dtype=x.dtype)
-    dyt_buf = np.empty(g.filters * g.block * positions, dtype=x.dtype)
+    taps = _fold_taps(g, _tap_weights(g, w), fold) if needs_dx else None
+    dtaps = np.empty((len(outer), g.filters, g.ci // g.groups * len(inner)), dtype=x.dtype)
+    xq_buf = np.empty(g.ci * g.flat_len(nb_max), dtype=x.dtype)
+    dxq_buf = np.empty_like(xq_buf) if needs_dx else None
+    src_len = g.out_len(nb_max) + outer[-1]
+    folded_buf = None if fold == "none" else np.empty(g.ci * len(inner) * src_len, x.dtype)
+    dfolded_buf = None if fold == "none" or not needs_dx else np.empty_like(folded_buf)
+    dyq_buf = np.empty(g.filters * g.out_len(nb_max), dtype=x.dtype)
+    gi, gf = _group_slices(g, len(inner))
 
-    for b0 in range(0, g.n, g.block):
-        nb = min(g.block, g.n - b0)
-        cols = cols_buf[: g.cols_rows * nb * positions].reshape(g.groups, -1, nb * positions)
-        cols6 = cols.reshape(g.c, g.kh, g.kw, nb, g.oh, g.cw)
-        dyt = dyt_buf[: g.filters * nb * positions].reshape(g.groups, fg, nb * positions)
-        dyt4 = dyt.reshape(g.filters, nb, g.oh, g.cw)
+    for b0 in range(0, g.n, nb_max):
+        nb = min(nb_max, g.n - b0)
+        length, out_len = g.flat_len(nb), g.out_len(nb)
+        xq = xq_buf[: g.ci * length].reshape(g.ci, length)
+        dyq = dyq_buf[: g.filters * out_len].reshape(g.filters, out_len)
+        xq[:, nb * g.pitch :] = 0
 
-        def gather(s: int, e: int, b0: int = b0, cols6=cols6, dyt4=dyt4) -> None:
-            _im2col(g, x, cols6, b0, s, e)
-            np.copyto(dyt4[:, s:e, :, : g.ow], dy[b0 + s : b0 + e].transpose(1, 0, 2, 3))
-            # Wide rows: the extra columns are not outputs; a zero gradient keeps them inert.
-            dyt4[:, s:e, :, g.ow :] = 0
+        def gather(s: int, e: int, b0: int = b0, xq=xq, dyq=dyq, nb=nb) -> None:
+            _pack(g, x, xq, b0, s, e)
+            # dy into the flat layout, zero at the gap positions so they add nothing.
+            lo, hi = s * g.pitch, min(e * g.pitch, dyq.shape[1])
+            dyq[:, lo:hi] = 0
+            np.copyto(_positions(g, dyq, nb)[:, s:e], dy[b0 + s : b0 + e].transpose(1, 0, 2, 3))
 
         shard(ctx, gather, nb)
-        np.matmul(dyt, cols.transpose(0, 2, 1), out=dw_block)
-        dw += dw_block
-        if dx is not None:
-            # The columns are no longer needed: their buffer receives the column gradients.
-            np.matmul(w_groups_t, dyt, out=cols)
-            shard(ctx, lambda s, e, b0=b0, cols6=cols6: _col2im(g, cols6, dx, b0, s, e), nb)
+        # The GEMMs' input operand: xq itself, or copies of it shifted by the folded offsets.
+        n_src = out_len + outer[-1]
+        if fold == "none":
+            src = xq
+        else:
+            src = folded_buf[: g.ci * len(inner) * n_src].reshape(g.ci, len(inner), n_src)
+            for f, off in enumerate(inner):
+                np.copyto(src[:, f], xq[:, off : off + n_src])
+            src = src.reshape(-1, n_src)
+        for k in range(g.groups):
+            for t, off in enumerate(outer):
+                gemm(dyq[gf[k]], src[gi[k], off : off + out_len].T, dtaps[t, gf[k]], b0 > 0)
+        if dx is None:
+            continue
+        dxq = dxq_buf[: g.ci * length].reshape(g.ci, length)
+        dxq.fill(0)
+        if fold == "none":
+            dsrc = dxq
+        else:
+            dsrc = dfolded_buf[: g.ci * len(inner) * n_src].reshape(-1, n_src)
+            dsrc.fill(0)
+        for k in range(g.groups):
+            for t, off in enumerate(outer):
+                gemm(taps[t, gf[k]].T, dyq[gf[k]], dsrc[gi[k], off : off + out_len], True)
+        if fold != "none":
+            dsrc3 = dsrc.reshape(g.ci, len(inner), n_src)
+            for f, off in enumerate(inner):
+                target = dxq[:, off : off + n_src]
+                np.add(target, dsrc3[:, f], out=target)
+        shard(ctx, lambda s, e, b0=b0, dxq=dxq: _unpack(g, dxq, dx, b0, s, e), nb)
 
-    dw = dw.reshape(w.shape)
+    dw = _weight_grad(g, _unfold_taps(g, dtaps, fold), w.shape)
     if not attrs["bias"]:
         return dx, dw
     return dx, dw, dy.sum(axis=(0, 2, 3))
