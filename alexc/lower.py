@@ -75,7 +75,7 @@ MEMORY: dict[Op, Memory] = {
     Op.ADAPTIVE_AVGPOOL: Memory(),
     Op.FLATTEN: Memory(),
     Op.DROPOUT: Memory(saved=lambda a, ins, out, b: _elements(out), grad_only=True),  # a bool mask
-    Op.LINEAR: Memory(inputs=(0, 1)),
+    Op.LINEAR: Memory(inputs=(0, 1), workspace=lambda a, ins, out, b: _elements(out) * b),  # y.T
     Op.SOFTMAX_CROSS_ENTROPY: Memory(saved=lambda a, ins, out, b: _elements(ins[0]) * b),
     Op.SOFTMAX: Memory(output=True),
     Op.LOG_SOFTMAX: Memory(output=True),

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from alexc_runtime.blas import gemm
 from alexc_runtime.kernels.base import KernelContext
 
 
@@ -15,9 +16,15 @@ def linear_forward(
     """y = x @ w.T + b for x (N, K), w (units, K). saved = (x, w), references only."""
     if w.dtype != x.dtype:
         raise TypeError(f"linear weight dtype {w.dtype} differs from input dtype {x.dtype}")
-    y = np.matmul(x, w.T)
-    if b is not None:
-        y += b
+    # y.T = w @ x.T: with w untransposed, OpenBLAS streams the (large) weight matrix about 1.4x
+    # faster than as the transposed right operand of x @ w.T (fc6 at batch 16: 18 vs 26 ms).
+    yt = np.empty((w.shape[0], x.shape[0]), dtype=x.dtype)
+    gemm(w, x.T, yt)
+    y = np.empty((x.shape[0], w.shape[0]), dtype=x.dtype)
+    if b is None:
+        np.copyto(y, yt.T)
+    else:
+        np.add(yt.T, b, out=y)
     return y, (x, w)
 
 
