@@ -9,6 +9,8 @@ import numpy as np
 
 from .errors import AlexcError
 
+CHUNK = 1 << 16  # elements per cache-sized piece of the update (256 KiB of float32)
+
 
 class SGD:
     """The paper's rule, per parameter w with momentum buffer v:
@@ -31,21 +33,28 @@ class SGD:
         for k, v in (buffers or {}).items():
             if k in self.buffers and self.buffers[k].shape == v.shape:
                 self.buffers[k][...] = v
-        # One scratch buffer for every update, allocated once: no temporaries per step.
+        # One chunk-sized scratch buffer, allocated once: no temporaries per step.
         dtype = np.result_type(*params.values()) if params else np.float32
-        self.scratch = np.empty(max((w.size for w in params.values()), default=0), dtype)
+        self.scratch = np.empty(CHUNK, dtype)
 
     def step(self, params: dict[str, np.ndarray], grads: Mapping[str, np.ndarray], lr: float):
         m, decay = self.momentum, self.weight_decay * lr
         for name, w in params.items():
-            v = self.buffers[name]
-            tmp = self.scratch[: w.size].reshape(w.shape)
-            v *= m
-            np.multiply(w, decay, out=tmp)
-            v -= tmp
-            np.multiply(grads[name], lr, out=tmp)
-            v -= tmp
-            w += v
+            flat_w, flat_v = w.reshape(-1), self.buffers[name].reshape(-1)
+            if not (np.shares_memory(flat_w, w) and np.shares_memory(flat_v, self.buffers[name])):
+                raise AlexcError(f"SGD updates '{name}' in place: it must be a contiguous array")
+            flat_g = grads[name].reshape(-1)
+            # Chunk by chunk, so the six passes over a chunk hit the cache: the update then
+            # streams w, v and g through memory once instead of once per pass (fc6's are 151 MB).
+            for s in range(0, w.size, CHUNK):
+                e = min(s + CHUNK, w.size)
+                w_c, v_c, tmp = flat_w[s:e], flat_v[s:e], self.scratch[: e - s]
+                v_c *= m
+                np.multiply(w_c, decay, out=tmp)
+                v_c -= tmp
+                np.multiply(flat_g[s:e], lr, out=tmp)
+                v_c -= tmp
+                w_c += v_c
 
 
 class Schedule:

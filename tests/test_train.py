@@ -15,7 +15,9 @@ from conftest import ROOT
 from PIL import Image
 
 import alexc
+from alexc import optim
 from alexc.checkpoint import read_checkpoint, save_checkpoint
+from alexc.errors import AlexcError
 from alexc.optim import SGD, Schedule
 from alexc.train import train
 
@@ -78,6 +80,30 @@ def test_sgd_matches_hand_computation():
     v2 = 0.9 * v1 - 0.1 * 0.01 * w1 - 0.01 * g2
     np.testing.assert_allclose(params["w"], w1 + v2, rtol=1e-6)
     np.testing.assert_allclose(sgd.buffers["w"], v2, rtol=1e-6)
+
+
+def test_sgd_in_chunks_updates_every_element_of_every_tensor(monkeypatch):
+    """The update walks tensors in cache-sized chunks; with chunks of 7 (a ragged last one) every
+    element of a 2-D weight and a bias still follows the rule."""
+    monkeypatch.setattr(optim, "CHUNK", 7)
+    rng = np.random.default_rng(3)
+    w0 = {"w": rng.standard_normal((5, 6)).astype(np.float32), "b": np.ones(4, np.float32)}
+    params = {k: v.copy() for k, v in w0.items()}
+    grads = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in w0.items()}
+    sgd = SGD(params, momentum=0.9, weight_decay=0.1)
+    sgd.step(params, grads, lr=0.1)
+    sgd.step(params, grads, lr=0.1)
+    for k in w0:
+        v1 = -0.01 * w0[k] - 0.1 * grads[k]
+        w1 = w0[k] + v1
+        v2 = 0.9 * v1 - 0.01 * w1 - 0.1 * grads[k]
+        np.testing.assert_allclose(params[k], w1 + v2, rtol=1e-5)
+
+
+def test_sgd_refuses_a_parameter_it_cannot_update_in_place():
+    params = {"w": np.ones((4, 4), np.float32).T[::2]}
+    with pytest.raises(AlexcError, match="'w'.*contiguous"):
+        SGD(params, momentum=0.9, weight_decay=0.0).step(params, {"w": params["w"]}, lr=0.1)
 
 
 def test_step_schedule():
