@@ -280,7 +280,7 @@ CONV_CASES = {
         conv_attrs(6, (2, 2), (2, 2), (1, 1, 1, 1), groups=3, bias=False),
     ),
     "alexnet-conv1-like": ((1, 3, 23, 23), conv_attrs(4, (11, 11), (4, 4))),
-    # Horizontal stride 1 takes the wide-row path: padding, groups, dilation, vertical stride.
+    # Shared padding gaps between rows and samples, groups, dilation, a vertical-only stride.
     "wide-alexnet-conv4-like": (
         (3, 4, 6, 6),
         conv_attrs(6, (3, 3), (1, 1), (1, 1, 1, 1), groups=2),

@@ -1,6 +1,6 @@
 """The shard pool: runs batch-sharded, non-BLAS kernel work on a fixed number of threads.
 
-BLAS parallelises the GEMMs by itself; this pool parallelises the rest (im2col/col2im, pooling,
+BLAS parallelises the GEMMs by itself; this pool parallelises the rest (packing conv inputs, pooling,
 LRN, elementwise work) by splitting the batch into contiguous chunks. NumPy releases the GIL in
 its ufunc loops and copies, so plain threads give real parallelism here.
 

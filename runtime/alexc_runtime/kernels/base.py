@@ -19,7 +19,7 @@ class KernelContext:
     rng: np.random.Generator | None = None  # dropout masks; seeded by the caller
     grad: bool = True  # a backward will follow: build what it needs (masks, argmax indices)
     # Backward: which inputs need a gradient (None: all). A kernel may skip the others' work
-    # and return None for them (conv skips col2im for the image: the first layer's dx).
+    # and return None for them (conv skips the image gradient: the first layer's dx).
     needs: tuple[bool, ...] | None = None
 
 
