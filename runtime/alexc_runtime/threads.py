@@ -1,8 +1,8 @@
 """The shard pool: runs batch-sharded, non-BLAS kernel work on a fixed number of threads.
 
-BLAS parallelises the GEMMs by itself; this pool parallelises the rest (packing conv inputs, pooling,
-LRN, elementwise work) by splitting the batch into contiguous chunks. NumPy releases the GIL in
-its ufunc loops and copies, so plain threads give real parallelism here.
+BLAS parallelises the GEMMs by itself; this pool parallelises the rest (packing conv inputs,
+pooling, LRN, elementwise work) by splitting the batch into contiguous chunks. NumPy releases
+the GIL in its ufunc loops and copies, so plain threads give real parallelism here.
 
 Invariants the kernels rely on:
 - the split of ``range(n)`` depends only on ``n`` and ``threads`` (deterministic);
