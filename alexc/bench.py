@@ -16,6 +16,10 @@ Conventions (also written into the JSON, under "conventions"):
   growth of this process's resident memory (VmHWM after the timed calls, VmHWM reset after
   warm-up, minus VmRSS before the executor was built), so their own copy of the weights counts;
   the libraries' one-time set-up is excluded by a batch-1 call before each one's first row.
+- the data pipeline (with `data`): `alexc train`'s own training loader on the graph's data
+  section, consumed as fast as it delivers, alone (no training step runs beside it); each repeat
+  takes at least DATA_IMAGES images, epoch after epoch; ratio = its images/s over the NumPy
+  training step's at the same batch size (the performance target is >= 2).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import contextlib
 import ctypes
 import gc
 import importlib.metadata
+import itertools
 import os
 import platform
 import time
@@ -40,12 +45,15 @@ from .compile import compile as compile_graph
 from .errors import AlexcError
 from .ir import Graph, Op
 from .optim import SGD
+from .train import training_data, training_loader
 
 EXECUTORS = ("numpy", "onnxruntime", "onnxruntime-lrn-decomposed", "torch")
 MODES = ("infer", "train")
 TRAINS = {"numpy", "torch"}  # executors with a training step
 TRAIN_FLOPS_FACTOR = 3
 MB = 1e6
+DATA_IMAGES = 512  # the least images one timed repeat of the data pipeline takes
+DATA_TARGET = 2.0  # the pipeline should deliver at least this many times the step's images/s
 # The training step's optimizer, as the paper's recipe sets it (lr only affects the numbers).
 LR, MOMENTUM, WEIGHT_DECAY = 1e-3, 0.9, 5e-4
 # (what it is, M, K, N) of C(M, N) = A(M, K) @ B(K, N): the GEMMs an AlexNet layer runs.
@@ -66,6 +74,10 @@ CONVENTIONS = {
     "peak_mb": "memory the row needs beyond its input batch, parameters included; 1 MB = 1e6 B",
     "planned_peak_mb": "numpy rows: the memory plan's peak (parameters, their gradients when "
     "training, activations and kernel state; no optimizer state)",
+    "data.images_per_s": "images per second alexc train's training loader delivers, consumed "
+    f"as fast as it can, alone: median over repeats of >= {DATA_IMAGES} images each",
+    "data.ratio": f"data images_per_s / numpy train images_per_s, same batch (target >= "
+    f"{DATA_TARGET:g})",
 }
 PEAK_METHODS = {
     "tracemalloc": "parameters (+ momentum when training) + tracemalloc peak of one call",
@@ -433,6 +445,87 @@ def calls_per_row(row: Row, warmup: int, repeats: int) -> int:
     return warmup + repeats + (0 if _uses_rss(row) else 1)
 
 
+# --- the data pipeline ----------------------------------------------------------------------
+
+
+def data_batches(batch_size: int) -> int:
+    """Batches in one repeat of the data pipeline's timing: at least DATA_IMAGES images."""
+    return -(-DATA_IMAGES // batch_size)
+
+
+def data_calls(rows: Sequence[Row], batch_sizes: Sequence[int], warmup: int, repeats: int) -> int:
+    """How many batches and step calls `run_bench(data=...)` adds (for progress bars)."""
+    step = [Row("numpy", "train", b) for b in dict.fromkeys(batch_sizes)]
+    return sum(
+        (warmup + repeats) * data_batches(r.batch_size)
+        + (0 if r in rows else calls_per_row(r, warmup, repeats))
+        for r in step
+    )
+
+
+def _epochs(loader) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The loader's batches, epoch after epoch, as training takes them."""
+    for epoch in itertools.count():
+        loader.set_epoch(epoch)
+        delivered = False
+        for batch in loader:
+            delivered = True
+            yield batch
+        if not delivered:
+            raise AlexcError(
+                f"the data set has no full batch of {loader.batch_size} readable images"
+            )
+
+
+def measure_data(
+    graph: Graph,
+    data: str,
+    batch_sizes: Sequence[int],
+    *,
+    seed: int,
+    workers: int,
+    warmup: int,
+    repeats: int,
+    on_call: Callable[[str, int], None] | None = None,
+) -> tuple[list[dict], list[dict]]:
+    """Images/s of `alexc train`'s training loader on `data`, per batch size; returns the
+    measurements and a note for each batch size (or the whole data set) left out and why."""
+    try:
+        source, _, augment = training_data(graph, data, seed)
+    except AlexcError as e:
+        return [], [{"executor": "data pipeline", "reason": f"not measured: {e}"}]
+    found, notes = [], []
+    for b in dict.fromkeys(batch_sizes):
+        tick = _ticker(on_call, f"data pipeline batch {b}")
+        group, rates, images = data_batches(b), [], 0
+        try:
+            loader = training_loader(source, augment, b, seed, workers)
+            with loader, contextlib.closing(_epochs(loader)) as batches:
+                for repeat in range(warmup + repeats):
+                    start, count = time.perf_counter(), 0
+                    for _ in range(group):
+                        count += len(next(batches)[1])
+                        tick(1)
+                    if repeat >= warmup:
+                        rates.append(count / (time.perf_counter() - start))
+                        images += count
+        except AlexcError as e:
+            notes.append({"executor": "data pipeline", "reason": f"batch {b}: not measured: {e}"})
+            continue
+        found.append(
+            {
+                "batch_size": b,
+                "images_per_s": median(rates),
+                "images_per_s_min": min(rates),
+                "images_per_s_max": max(rates),
+                "repeats": repeats,
+                "batches": repeats * group,
+                "images": images,
+            }
+        )
+    return found, notes
+
+
 def run_bench(
     graph: Graph,
     *,
@@ -447,19 +540,42 @@ def run_bench(
     sgemm_repeats: int = 5,
     on_call: Callable[[str, int], None] | None = None,
     rows: tuple[list[Row], list[dict]] | None = None,
+    data: str | None = None,
+    workers: int = 2,
 ) -> dict:
     """Measure every (executor, mode, batch size) row; returns the JSON document `bench` writes.
 
     `on_call(label, n)` is told after every n executor calls (for a progress bar); `rows` are
-    `plan_rows(...)`'s answer when the caller already has it."""
-    if repeats < 1 or warmup < 0 or threads < 1:
-        raise AlexcError("repeats and threads must be >= 1, warmup >= 0")
+    `plan_rows(...)`'s answer when the caller already has it. With `data` (a data set as
+    `alexc train --data` takes it), also time the training data pipeline against the NumPy
+    training step (measured for the purpose where `modes` leave it out)."""
+    if repeats < 1 or warmup < 0 or threads < 1 or workers < 1:
+        raise AlexcError("repeats, threads and workers must be >= 1, warmup >= 0")
     planned, notes = rows or plan_rows(graph, executors, modes, batch_sizes)
     machine = machine_info(threads, sgemm_repeats)
     peak = machine["sgemm_peak_gflops"]
+    pipeline = []
+    if data is not None:  # first: torch's spinning workers would slow it (see plan_rows)
+        pipeline, data_notes = measure_data(
+            graph,
+            data,
+            batch_sizes,
+            seed=seed,
+            workers=workers,
+            warmup=warmup,
+            repeats=repeats,
+            on_call=on_call,
+        )
+        notes = [*notes, *data_notes]
     bench = _Bench(graph, threads, seed)
-    results, profiles = [], []
+    results, profiles, steps = [], [], {}
     try:
+        for d in pipeline:
+            row = Row("numpy", "train", d["batch_size"])
+            if row not in planned:
+                steps[row] = _measure(
+                    bench, row, warmup, repeats, peak, _ticker(on_call, row.label)
+                )
         if profile:
             for mode in (m for m in MODES if m in modes):
                 for b in dict.fromkeys(batch_sizes):
@@ -474,8 +590,12 @@ def run_bench(
                 primed.add((row.executor, row.mode))
                 bench.setup(Row(row.executor, row.mode, 1)).call()
             results.append(_measure(bench, row, warmup, repeats, peak, tick))
+            steps[row] = results[-1]
     finally:
         bench.close()
+    for d in pipeline:
+        step = steps[Row("numpy", "train", d["batch_size"])]["images_per_s"]
+        d.update(step_images_per_s=step, ratio=d["images_per_s"] / step)
     document = {
         "alexc_bench": 1,
         "graph": {
@@ -495,6 +615,7 @@ def run_bench(
             "warmup": warmup,
             "seed": seed,
             "sgd": {"lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY},
+            "data": None if data is None else {"source": str(data), "workers": workers},
         },
         "conventions": {**CONVENTIONS, "peak_method": PEAK_METHODS},
         "machine": machine,
@@ -503,6 +624,8 @@ def run_bench(
     }
     if profile:
         document["profile"] = profiles
+    if data is not None:
+        document["data"] = pipeline
     return document
 
 

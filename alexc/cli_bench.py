@@ -96,6 +96,19 @@ def _caption(result: dict) -> str:
     )
 
 
+def data_lines(result: dict) -> list[str]:
+    """One line per batch size timed by --data: the pipeline's images/s against the step's."""
+    from .bench import DATA_TARGET
+
+    workers = (result["config"].get("data") or {}).get("workers")
+    return [
+        f"data pipeline, batch {d['batch_size']}: {_num(d['images_per_s'])} images/s "
+        f"({workers} loader threads); numpy train step {_num(d['step_images_per_s'])} "
+        f"images/s; {_num(d['ratio'])}x the step (target >= {DATA_TARGET:g}x)"
+        for d in result.get("data", [])
+    ]
+
+
 def render(result: dict, out: Console) -> None:
     """The results as a terminal table, then any skipped executors and the profile."""
     table = Table(title=_title(result), caption=_caption(result))
@@ -106,6 +119,8 @@ def render(result: dict, out: Console) -> None:
     for r in result["results"]:
         table.add_row(*_cells(r))
     out.print(table)
+    for line in data_lines(result):
+        out.print(line, highlight=False, soft_wrap=True)
     for note in result["skipped"]:
         out.print(f"note: {note['executor']}: {note['reason']}", highlight=False)
     for p in result.get("profile", []):
@@ -143,6 +158,7 @@ def markdown(result: dict) -> str:
     ]
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in result["results"]]
     lines += ["", f"_{_caption(result)}._"]
+    lines += [f"{line[0].upper()}{line[1:]}." for line in data_lines(result)]
     lines += [f"Note: {n['executor']}: {n['reason']}." for n in result["skipped"]]
     return "\n".join(lines)
 
@@ -187,9 +203,23 @@ def bench(
     as_markdown: Annotated[
         bool, typer.Option("--markdown", help="print the results table as Markdown")
     ] = False,
+    data: Annotated[
+        bool,
+        typer.Option(
+            "--data",
+            help="also time the training data pipeline (alexc train's loader) at each batch "
+            "size against the NumPy training step",
+        ),
+    ] = False,
+    data_source: Annotated[
+        str, typer.Option("--data-source", help="the data set --data times, as alexc train --data")
+    ] = "fashion-mnist",
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="data loading threads, as alexc train --workers")
+    ] = 2,
 ):
     """Images/s, latency, GFLOP/s and peak memory of every executor, inference and training."""
-    from .bench import EXECUTORS, MODES, calls_per_row, plan_rows, run_bench
+    from .bench import EXECUTORS, MODES, calls_per_row, data_calls, plan_rows, run_bench
     from .frontend import load_graph
 
     sizes = _int_list(batch_sizes, "--batch-sizes")
@@ -202,6 +232,8 @@ def bench(
     total = sum(calls_per_row(r, warmup, repeats) for r in rows[0])
     if profile:
         total += len(chosen_modes) * len(sizes) * (warmup + repeats)
+    if data:
+        total += data_calls(rows[0], sizes, warmup, repeats)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -223,6 +255,8 @@ def bench(
             profile=profile,
             rows=rows,
             on_call=lambda label, n: bar.update(task, advance=n, description=label),
+            data=data_source if data else None,
+            workers=workers,
         )
     console = _console()
     if as_markdown:

@@ -127,6 +127,32 @@ def adapt_graph(graph: Graph, classes: list[str]) -> Graph:
     return graph
 
 
+def training_data(graph: Graph, data: str, seed: int):
+    """The training split of `data`, `graph` sized to its classes, and the graph's augmentation:
+    (source, graph, augment), as `alexc train` (and `alexc bench --data`) build them."""
+    from .data import Augment, open_source
+
+    source = open_source(data, split="train", channels=graph.input.shape[0], seed=seed)
+    graph = adapt_graph(graph, list(source.classes))
+    return source, graph, Augment.from_config(graph.data, graph.input.shape)
+
+
+def training_loader(source, augment, batch_size: int, seed: int, workers: int, epoch=0, start=0):
+    """The loader of one training epoch (shuffled, augmented, prefetched by `workers` threads)."""
+    from .data import Loader
+
+    return Loader(
+        source,
+        augment,
+        batch_size=batch_size,
+        train=True,
+        seed=seed,
+        epoch=epoch,
+        start_batch=start,
+        workers=workers,
+    )
+
+
 def initial_params(graph: Graph, seed: int, init_weights: str | None, notice) -> dict:
     """Fresh parameters, or pretrained ones with mismatched tensors re-initialised."""
     params = graph.init_params(seed)
@@ -185,7 +211,7 @@ def train(
 
     Writes RUN_DIR/metrics.jsonl, RUN_DIR/last.safetensors (every `checkpoint_every` steps and
     each epoch) and RUN_DIR/best.safetensors (best validation top-1)."""
-    from .data import Augment, Loader, open_source
+    from .data import Loader, open_source
 
     say = console.print if console is not None else print
     recipe = Recipe.from_graph(graph, epochs=epochs, batch_size=batch_size, lr=lr)
@@ -198,11 +224,8 @@ def train(
     resumed = read_checkpoint(resume) if resume is not None else None
     if resumed is not None:
         seed = resumed[2].get("seed", seed)  # the data split and order depend on it
-    channels = graph.input.shape[0]
-    train_src = open_source(data, split="train", channels=channels, seed=seed)
-    val_src = open_source(data, split="val", channels=channels, seed=seed)
-    graph = adapt_graph(graph, list(train_src.classes))
-    augment = Augment.from_config(graph.data, graph.input.shape)
+    train_src, graph, augment = training_data(graph, data, seed)
+    val_src = open_source(data, split="val", channels=graph.input.shape[0], seed=seed)
 
     state = RunState()
     momentum = None
@@ -278,15 +301,8 @@ def train(
         while state.epoch < recipe.epochs:
             epoch = state.epoch
             lr_now = schedule.lr(epoch)
-            loader = Loader(
-                train_src,
-                augment,
-                batch_size=recipe.batch_size,
-                train=True,
-                seed=seed,
-                epoch=epoch,
-                start_batch=state.batch,
-                workers=workers,
+            loader = training_loader(
+                train_src, augment, recipe.batch_size, seed, workers, epoch, state.batch
             )
             total = loader.batches_per_epoch
             if limit_batches is not None:

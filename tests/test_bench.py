@@ -9,6 +9,7 @@ from statistics import median
 
 import numpy as np
 import pytest
+from test_train import make_folder
 
 from alexc import AlexcError, compile, load_graph, parse_graph
 from alexc.bench import (
@@ -16,6 +17,7 @@ from alexc.bench import (
     MB,
     TRAIN_FLOPS_FACTOR,
     Row,
+    data_batches,
     plan_rows,
     run_bench,
     timed_kernels,
@@ -325,16 +327,21 @@ def test_cli_writes_json_and_prints_a_table(bench_cli, tmp_path):
     }
 
 
-def test_cli_markdown_and_profile(bench_cli, tmp_path):
+def test_cli_markdown_profile_and_no_data_installed(bench_cli, tmp_path, monkeypatch):
+    """--data without the data set: a note, the other rows, exit 0."""
+    import alexc.data.sources
+
+    monkeypatch.setattr(alexc.data.sources, "FASHION_MNIST_DIR", tmp_path / "fashion-mnist")
     graph = tmp_path / "tiny.yaml"
     graph.write_text(TINY)
     code, stdout, stderr = bench_cli(
         "bench", graph, "-b", "2", "-e", "numpy", "--modes", "train", "-r", "1", "-t", "1",
-        "--markdown", "--profile",
+        "--markdown", "--profile", "--data",
     )  # fmt: skip
     assert code == 0, stderr
     assert "| numpy | train | 2 |" in stdout
     assert "sgd update" in stdout and "by op:" in stdout
+    assert "Note: data pipeline: not measured: Fashion-MNIST not found at" in stdout
 
 
 @pytest.mark.parametrize(
@@ -354,3 +361,59 @@ def test_cli_refuses_bad_options_in_one_line(bench_cli, tmp_path, args, message)
     assert code == 1
     assert message in stderr
     assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
+
+
+# --- the data pipeline (--data) -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """24 images of 28x28 in three class folders: alexnet-mini's training data for a test."""
+    return make_folder(tmp_path_factory.mktemp("data") / "images", per_class=8, size=28)
+
+
+def test_data_pipeline_against_a_step_measured_for_the_ratio(mini, images):
+    doc = run_bench(
+        mini, batch_sizes=(4, 32), threads=1, executors=("numpy",), modes=("infer",),
+        repeats=2, sgemm_repeats=1, data=str(images), workers=2,
+    )  # fmt: skip
+    assert json.loads(json.dumps(doc)) == doc
+    assert doc["config"]["data"] == {"source": str(images), "workers": 2}
+    (d,) = doc["data"]  # 24 images hold no batch of 32: a note says so
+    assert d["batch_size"] == 4 and d["repeats"] == 2
+    assert d["batches"] == 2 * data_batches(4) and d["images"] == 4 * d["batches"] >= 512
+    assert d["images_per_s_min"] <= d["images_per_s"] <= d["images_per_s_max"]
+    assert d["images_per_s"] > 0 and d["step_images_per_s"] > 0
+    assert d["ratio"] == pytest.approx(d["images_per_s"] / d["step_images_per_s"])
+    # The step was measured for the ratio only: the results keep to the modes asked for.
+    assert {r["mode"] for r in doc["results"]} == {"infer"}
+    notes = [n["reason"] for n in doc["skipped"] if n["executor"] == "data pipeline"]
+    assert notes == ["batch 32: not measured: the data set has no full batch of 32 readable images"]
+
+
+def test_missing_data_set_is_a_note_and_the_rows_stay(tmp_path):
+    missing = tmp_path / "missing"
+    doc = run_bench(
+        parse_graph(TINY), batch_sizes=(2,), threads=1, executors=("numpy",), repeats=1,
+        sgemm_repeats=1, data=str(missing),
+    )  # fmt: skip
+    assert doc["data"] == [] and len(doc["results"]) == 2
+    (note,) = doc["skipped"]
+    assert note["executor"] == "data pipeline"
+    assert note["reason"].startswith(f"not measured: {missing} does not exist")
+
+
+def test_cli_data_uses_the_train_row_of_the_same_run(bench_cli, images, tmp_path):
+    out = tmp_path / "bench.json"
+    code, stdout, stderr = bench_cli(
+        "bench", GRAPHS / "alexnet-mini.yaml", "-b", "4", "-e", "numpy", "--modes", "train",
+        "-r", "2", "-t", "1", "--data", "--data-source", images, "--workers", "1", "--json", out,
+    )  # fmt: skip
+    assert code == 0, stderr
+    doc = json.loads(out.read_text())
+    (d,) = doc["data"]
+    (step,) = doc["results"]
+    assert d["step_images_per_s"] == step["images_per_s"] > 0 and d["images_per_s"] > 0
+    assert d["ratio"] == pytest.approx(d["images_per_s"] / step["images_per_s"])
+    assert doc["config"]["data"]["workers"] == 1
+    assert "data pipeline, batch 4:" in stdout and "(target >= 2x)" in stdout
