@@ -456,16 +456,17 @@ def test_flatten_forward(axis, shape):
     np.testing.assert_array_equal(y.ravel(), np.arange(120.0))
 
 
+@pytest.mark.parametrize("batch", [4, 1], ids=["batch-4", "one-sample"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_linear_forward(bias):
+def test_linear_forward(bias, batch):
     rng = np.random.default_rng(9)
-    x, w, b = rng.standard_normal((4, 6)), rng.standard_normal((3, 6)), rng.standard_normal(3)
+    x, w, b = rng.standard_normal((batch, 6)), rng.standard_normal((3, 6)), rng.standard_normal(3)
     inputs = (x, w, b) if bias else (x, w)
     y, _ = forward("linear", dict(units=3, bias=bias), *inputs)
     expected = np.array(
         [
             [sum(x[n, k] * w[u, k] for k in range(6)) + (b[u] if bias else 0) for u in range(3)]
-            for n in range(4)
+            for n in range(batch)
         ]
     )
     np.testing.assert_allclose(y, expected, rtol=1e-12)
