@@ -156,6 +156,7 @@ def workspace_bytes(x_shape: tuple, w_shape: tuple, attrs: Mapping, itemsize: in
     tiles = g.c * g.hi * g.sh * g.wi * g.sw * itemsize if g.strided else 0
     dense = g.filters * (g.c // g.groups) * g.khi * g.sh * g.kwi * g.sw * itemsize
     strided = dense if g.strided else 0
+
     nb = _block(g, itemsize)
     flat, out = g.ci * g.flat_len(nb) * itemsize, g.filters * g.out_len(nb) * itemsize
     forward = flat + out + taps + strided + nb * tiles
@@ -263,7 +264,10 @@ def _group_slices(g: _Geometry, copies: int = 1) -> tuple[list[slice], list[slic
 def conv_forward(
     ctx: KernelContext, attrs: Mapping, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None
 ) -> tuple[np.ndarray, tuple]:
-    """y = conv(x, w) + b. saved = (x, w), references only."""
+    """y = conv(x, w) + b. saved = (x, w), references only.
+
+    One GEMM per tap, never folded: measured, folding conv1's taps into one K=432 GEMM ran no
+    faster than nine K=48 ones (M = filters limits both), and the copies cost extra."""
     if w.dtype != x.dtype:
         raise TypeError(f"conv weight dtype {w.dtype} differs from input dtype {x.dtype}")
     g = _geometry(x.shape, w.shape, attrs)
@@ -300,14 +304,33 @@ def conv_forward(
 
 
 def _fold(g: _Geometry) -> str:
-    """How backward groups the taps into GEMMs: "none" (one per tap, K = channels), "row" (one
-    per kernel row over a kw-fold copy of the input) or "all" (one GEMM over a full im2col).
-    Folding pays a copy to lift narrow GEMM sides (conv1: 48 channels; paper conv2: 48 per
-    group) to where BLAS runs near its peak."""
+    """How backward groups taps into GEMMs: "none" (one per tap, K = channels), "row" (one per
+    kernel row, over a kw-fold copy of the input) or "all" (one GEMM over a full im2col).
+    Folding pays a copy to lift a narrow GEMM side (conv1 after space-to-depth: 48 channels;
+    paper conv2: 48 per group) to where BLAS runs near its peak."""
     cg = g.ci // g.groups
     if cg * g.khi * g.kwi <= 512:
         return "all"
     return "row" if cg < 128 else "none"
+
+
+def _folded_buffer(g: _Geometry, fold: str, nb: int, dtype) -> np.ndarray | None:
+    """Room for the folded copies of a block's flat input (None when nothing is folded)."""
+    if fold == "none":
+        return None
+    outer, inner = _fold_offsets(g, fold)
+    return np.empty(g.ci * len(inner) * (g.out_len(nb) + outer[-1]), dtype=dtype)
+
+
+def _fold_source(g: _Geometry, xq: np.ndarray, buf, inner: list[int], n_src: int) -> np.ndarray:
+    """The GEMMs' input operand, (C_i * folded taps, n_src): xq itself, or copies of it shifted
+    by the folded offsets, rows ordered (channel, tap)."""
+    if buf is None:
+        return xq
+    src = buf[: g.ci * len(inner) * n_src].reshape(g.ci, len(inner), n_src)
+    for f, off in enumerate(inner):
+        np.copyto(src[:, f], xq[:, off : off + n_src])
+    return src.reshape(-1, n_src)
 
 
 def _fold_offsets(g: _Geometry, fold: str) -> tuple[list[int], list[int]]:
@@ -353,9 +376,8 @@ def conv_backward(
     dtaps = np.empty((len(outer), g.filters, g.ci // g.groups * len(inner)), dtype=x.dtype)
     xq_buf = np.empty(g.ci * g.flat_len(nb_max), dtype=x.dtype)
     dxq_buf = np.empty_like(xq_buf) if needs_dx else None
-    src_len = g.out_len(nb_max) + outer[-1]
-    folded_buf = None if fold == "none" else np.empty(g.ci * len(inner) * src_len, x.dtype)
-    dfolded_buf = None if fold == "none" or not needs_dx else np.empty_like(folded_buf)
+    folded_buf = _folded_buffer(g, fold, nb_max, x.dtype)
+    dfolded_buf = None if folded_buf is None or not needs_dx else np.empty_like(folded_buf)
     dyq_buf = np.empty(g.filters * g.out_len(nb_max), dtype=x.dtype)
     gi, gf = _group_slices(g, len(inner))
 
@@ -374,15 +396,8 @@ def conv_backward(
             np.copyto(_positions(g, dyq, nb)[:, s:e], dy[b0 + s : b0 + e].transpose(1, 0, 2, 3))
 
         shard(ctx, gather, nb)
-        # The GEMMs' input operand: xq itself, or copies of it shifted by the folded offsets.
         n_src = out_len + outer[-1]
-        if fold == "none":
-            src = xq
-        else:
-            src = folded_buf[: g.ci * len(inner) * n_src].reshape(g.ci, len(inner), n_src)
-            for f, off in enumerate(inner):
-                np.copyto(src[:, f], xq[:, off : off + n_src])
-            src = src.reshape(-1, n_src)
+        src = _fold_source(g, xq, folded_buf, inner, n_src)
         for k in range(g.groups):
             for t, off in enumerate(outer):
                 gemm(dyq[gf[k]], src[gi[k], off : off + out_len].T, dtaps[t, gf[k]], b0 > 0)
