@@ -275,7 +275,7 @@ class _Bench:
             predictor = exe.predictor(self.params)
             return _Setup(lambda: predictor.predict(x), "tracemalloc", self.param_bytes, extra)
         params = {k: v.copy() for k, v in self.params.items()}  # the update changes them
-        optimizer = SGD(params, MOMENTUM, WEIGHT_DECAY)
+        optimizer = SGD(params, MOMENTUM, WEIGHT_DECAY, threads=self.threads)
 
         def step():
             _, grads = exe.loss_and_grads(params, x, labels)
@@ -676,7 +676,7 @@ def profile_numpy(
     plan = bench.numpy.plan(batch_size, training=training)
     x, labels = bench.inputs(batch_size)
     params = {k: v.copy() for k, v in bench.params.items()} if training else bench.params
-    optimizer = SGD(params, MOMENTUM, WEIGHT_DECAY) if training else None
+    optimizer = SGD(params, MOMENTUM, WEIGHT_DECAY, threads=bench.threads) if training else None
     log: list = []
     step_seconds = [[] for _ in plan.steps]
     totals, updates = [], []

@@ -246,7 +246,7 @@ def train(
         params = initial_params(graph, seed, init_weights, say)
 
     schedule = Schedule(recipe.schedule, recipe.lr, state.schedule or None)
-    sgd = SGD(params, recipe.momentum, recipe.weight_decay, momentum)
+    sgd = SGD(params, recipe.momentum, recipe.weight_decay, momentum, threads=threads)
     executor = compile(
         graph, recipe.batch_size, threads=threads, seed=seed, label_smoothing=recipe.label_smoothing
     )

@@ -82,15 +82,16 @@ def test_sgd_matches_hand_computation():
     np.testing.assert_allclose(sgd.buffers["w"], v2, rtol=1e-6)
 
 
-def test_sgd_in_chunks_updates_every_element_of_every_tensor(monkeypatch):
-    """The update walks tensors in cache-sized chunks; with chunks of 7 (a ragged last one) every
-    element of a 2-D weight and a bias still follows the rule."""
+@pytest.mark.parametrize("threads", [1, 3])
+def test_sgd_in_chunks_updates_every_element_of_every_tensor(threads, monkeypatch):
+    """The update walks tensors in cache-sized chunks split over threads; with chunks of 7 (a
+    ragged last one) every element of a 2-D weight and a bias still follows the rule."""
     monkeypatch.setattr(optim, "CHUNK", 7)
     rng = np.random.default_rng(3)
     w0 = {"w": rng.standard_normal((5, 6)).astype(np.float32), "b": np.ones(4, np.float32)}
     params = {k: v.copy() for k, v in w0.items()}
     grads = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in w0.items()}
-    sgd = SGD(params, momentum=0.9, weight_decay=0.1)
+    sgd = SGD(params, momentum=0.9, weight_decay=0.1, threads=threads)
     sgd.step(params, grads, lr=0.1)
     sgd.step(params, grads, lr=0.1)
     for k in w0:
@@ -98,6 +99,23 @@ def test_sgd_in_chunks_updates_every_element_of_every_tensor(monkeypatch):
         w1 = w0[k] + v1
         v2 = 0.9 * v1 - 0.01 * w1 - 0.1 * grads[k]
         np.testing.assert_allclose(params[k], w1 + v2, rtol=1e-5)
+
+
+def test_sgd_threads_give_the_same_bits(monkeypatch):
+    monkeypatch.setattr(optim, "CHUNK", 5)
+    rng = np.random.default_rng(4)
+    w0 = {"w": rng.standard_normal((7, 9)).astype(np.float32)}
+    g = {"w": rng.standard_normal((7, 9)).astype(np.float32)}
+    results = []
+    for threads in (1, 2, 4):
+        params = {"w": w0["w"].copy()}
+        sgd = SGD(params, momentum=0.9, weight_decay=5e-4, threads=threads)
+        for lr in (0.1, 0.05):
+            sgd.step(params, g, lr)
+        results.append((params["w"], sgd.buffers["w"]))
+    for w, v in results[1:]:
+        np.testing.assert_array_equal(w, results[0][0])
+        np.testing.assert_array_equal(v, results[0][1])
 
 
 def test_sgd_refuses_a_parameter_it_cannot_update_in_place():
