@@ -67,7 +67,9 @@ MEMORY: dict[Op, Memory] = {
         inputs=(0, 1), workspace=_conv_workspace, backward_workspace=_conv_backward_workspace
     ),
     Op.RELU: Memory(saved=lambda a, ins, out, b: _elements(out), grad_only=True),  # a bool mask
-    Op.LRN: Memory(inputs=(0,), saved=lambda a, ins, out, b: _elements(out) * b),  # the scale s
+    Op.LRN: Memory(
+        inputs=(0,), saved=lambda a, ins, out, b: 2 * _elements(out) * b, grad_only=True
+    ),  # s and s^-beta
     Op.MAXPOOL: Memory(
         saved=lambda a, ins, out, b: _elements(out), grad_only=True
     ),  # uint8 argmax in the window

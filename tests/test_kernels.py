@@ -852,7 +852,11 @@ def test_two_threads_match_one_bit_for_bit(op, attrs, inputs, monkeypatch):
 
 @pytest.mark.parametrize(
     "op, attrs",
-    [("relu", {}), ("maxpool", pool_attrs((3, 3), (2, 2), (1, 0, 1, 1), ceil_mode=True))],
+    [
+        ("relu", {}),
+        ("maxpool", pool_attrs((3, 3), (2, 2), (1, 0, 1, 1), ceil_mode=True)),
+        ("lrn", lrn_attrs(alpha=0.05)),
+    ],
 )
 def test_inference_context_skips_saved_state_with_the_same_output(op, attrs):
     x = np.random.default_rng(40).standard_normal((3, 4, 9, 8))

@@ -7,7 +7,8 @@ is "j in window(i)" and backward reuses the same window sum:
 dx_i = g_i * s_i^-beta - 2*a*beta * x_i * sum_{j in window(i)} g_j * y_j / s_j.
 
 Window sums add ``size`` shifted slices (not a cumulative sum, which loses float32 precision to
-cancellation). ``saved`` is ``(x, s)``: a reference to the input and the denominator base s.
+cancellation). ``saved`` is ``(x, s, s^-beta)``: a reference to the input, the denominator base
+and its power.
 """
 
 from __future__ import annotations
@@ -46,46 +47,50 @@ def _negative_power(base: np.ndarray, beta: float, out: np.ndarray) -> np.ndarra
 
 
 def lrn_forward(ctx: KernelContext, attrs: Mapping, x: np.ndarray) -> tuple[np.ndarray, tuple]:
-    """y = x / (k + a * window_sum(x^2))^beta. saved = (x, s), s the same shape as x."""
+    """y = x / (k + a * window_sum(x^2))^beta.
+
+    saved = (x, s, s^-beta), both the same shape as x: backward needs the power too, and keeping
+    it saves recomputing it (four passes of sixteen). Without ``ctx.grad`` everything is
+    computed in y itself and saved is ()."""
     size, beta, k = attrs["size"], float(attrs["beta"]), float(attrs["bias"])
     if size < 1 or size % 2 == 0:
         raise ValueError(f"LRN size must be a positive odd number, got {size}")
     a = _coefficient(attrs)
     y = np.empty(x.shape, dtype=x.dtype)
-    base = np.empty(x.shape, dtype=x.dtype)
+    base = np.empty(x.shape, dtype=x.dtype) if ctx.grad else y
+    power = np.empty(x.shape, dtype=x.dtype) if ctx.grad else y
 
     def run(s: int, e: int) -> None:
-        xb, bb, yb = x[s:e], base[s:e], y[s:e]
+        xb, bb, pb, yb = x[s:e], base[s:e], power[s:e], y[s:e]
         _window_sum(np.square(xb), size // 2, bb)
         bb *= a
         bb += k
-        _negative_power(bb, beta, out=yb)
-        yb *= xb
+        _negative_power(bb, beta, out=pb)
+        np.multiply(pb, xb, out=yb)
 
     shard_blocks(ctx, run, x.shape[0], x[:1].nbytes)
-    return y, (x, base)
+    return y, ((x, base, power) if ctx.grad else ())
 
 
 def lrn_backward(
     ctx: KernelContext, attrs: Mapping, dy: np.ndarray, saved: tuple
 ) -> tuple[np.ndarray]:
     """dx_i = g_i s_i^-beta - 2 a beta x_i sum_{j in window(i)} g_j y_j / s_j."""
-    x, base = saved
+    x, base, power = saved
     size, beta = attrs["size"], float(attrs["beta"])
     a = _coefficient(attrs)
     dx = np.empty(x.shape, dtype=x.dtype)
 
     def run(s: int, e: int) -> None:
-        xb, bb, g, dxb = x[s:e], base[s:e], dy[s:e], dx[s:e]
-        power = _negative_power(bb, beta, out=np.empty(bb.shape, dtype=x.dtype))
+        xb, bb, pb, g, dxb = x[s:e], base[s:e], power[s:e], dy[s:e], dx[s:e]
         ratio = np.multiply(g, xb)  # becomes g * y / s = g * x * s^-beta / s
-        ratio *= power
+        ratio *= pb
         ratio /= bb
         spread = np.empty(bb.shape, dtype=x.dtype)
         _window_sum(ratio, size // 2, spread)
         spread *= xb
         spread *= 2.0 * a * beta
-        np.multiply(g, power, out=dxb)
+        np.multiply(g, pb, out=dxb)
         dxb -= spread
 
     shard_blocks(ctx, run, x.shape[0], x[:1].nbytes)
