@@ -703,9 +703,12 @@ def profile_numpy(
     backward: dict[str, float] = {}
     ops: dict[str, str] = {}
     for step, seconds in zip(plan.steps, step_seconds, strict=True):
-        ops.setdefault(step.node, step.op)
+        node, op = step.node, step.op
+        if not step.backward and step.outputs[0] != node:  # a relu fused into this step
+            node, op = f"{node}+{step.outputs[0]}", f"{op}+relu"
+        ops.setdefault(node, op)
         into = backward if step.backward else forward
-        into[step.node] = into.get(step.node, 0.0) + mean(seconds) * 1e3
+        into[node] = into.get(node, 0.0) + mean(seconds) * 1e3
     rows = []
     for node, op in ops.items():
         f, b = forward.get(node, 0.0), backward.get(node, 0.0) if training else None

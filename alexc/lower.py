@@ -124,6 +124,32 @@ def add_loss(graph: Graph, label_smoothing: float = 0.0) -> Graph:
     return rebuild(graph, nodes=[*graph.nodes, loss], outputs=[LOSS])
 
 
+FUSES_RELU = ("conv", "linear")  # kernels that apply max(y, 0) in their last pass on attr relu
+
+
+def fuse_relu(steps: list[Step], keep: set[str]) -> list[Step]:
+    """Inference pass on steps: a relu whose input is a conv or linear output read by nothing
+    else (and not a graph output) is folded into that step, which then writes the relu's
+    output. Saves a pass over the activation and its buffer; training keeps the relu (its
+    backward needs the mask)."""
+    readers: dict[str, int] = {}
+    for step in steps:
+        for i in step.inputs:
+            readers[i] = readers.get(i, 0) + 1
+    producer = {step.outputs[0]: k for k, step in enumerate(steps)}
+    fused = list(steps)
+    for k, step in enumerate(steps):
+        if step.op != "relu":
+            continue
+        src = step.inputs[0]
+        j = producer.get(src)
+        if j is None or steps[j].op not in FUSES_RELU or readers[src] != 1 or src in keep:
+            continue
+        fused[j] = replace(steps[j], attrs={**steps[j].attrs, "relu": True}, outputs=step.outputs)
+        fused[k] = None
+    return [s for s in fused if s is not None]
+
+
 def _param_names(graph: Graph, node: Node) -> list[str]:
     prefix = node.name + "."
     return [p.name for p in graph.params if p.name.startswith(prefix)]
@@ -148,6 +174,8 @@ def lower(
         if RULES[n.op].loss:
             inputs.insert(1, LABELS)
         steps.append(Step(n.op.value, n.name, n.attrs, tuple(inputs), (n.name,)))
+    if not training:
+        steps = fuse_relu(steps, keep=set(outputs))
     feeds = [i.name for i in graph.inputs] + ([LABELS] if training else [])
     param_names = [p.name for p in graph.params]
 
@@ -254,7 +282,7 @@ def _plan_memory(graph, steps, feeds, params, outputs, batch_shape, itemsize):
             continue
         for name in s.inputs:
             read(name, i)
-        start[s.node] = i
+        start[s.outputs[0]] = i  # the node's own name, or a relu's fused into it
         saved = memory.saved(s.attrs, in_shapes, batch_shape[s.node], itemsize)
         held.append((i, i, memory.workspace(s.attrs, in_shapes, batch_shape[s.node], itemsize)))
         if s.node in backward_at:

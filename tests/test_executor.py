@@ -149,6 +149,38 @@ def test_inference_plan_strips_dropout_and_keeps_nothing_for_backward(mini):
     assert not plan.training and not plan.grads
 
 
+def test_inference_fuses_relu_into_the_conv_or_linear_before_it(mini):
+    relus = [n.name for n in mini.nodes if n.op.value == "relu"]
+    infer = lower(mini, 4, training=False)
+    fused = {s.outputs[0]: s for s in infer.steps if s.attrs.get("relu")}
+    assert set(fused) == set(relus) and all(s.op in ("conv", "linear") for s in fused.values())
+    assert all(s.op != "relu" for s in infer.steps)
+    # Training keeps every relu: its backward needs the mask.
+    train = lower(mini, 4, training=True)
+    assert sum(s.op == "relu" for s in train.steps if not s.backward) == len(relus)
+    assert not any(s.attrs.get("relu") for s in train.steps)
+
+
+def test_relu_is_not_fused_when_the_value_before_it_is_read_elsewhere():
+    g = alexc.parse_graph("""
+input: {name: x, shape: [3]}
+nodes:
+  - {name: h, op: linear, units: 4, inputs: [x]}
+  - {name: a, op: relu, inputs: [h]}
+  - {name: s, op: add, inputs: [a, h]}
+  - {name: k, op: linear, units: 2, inputs: [s]}
+  - {name: out, op: relu, inputs: [k]}
+""")
+    plan = lower(g, 2, training=False)
+    assert [s.op for s in plan.steps] == ["linear", "relu", "add", "linear"]
+    assert plan.steps[-1].attrs["relu"] and plan.steps[-1].outputs == ("out",)
+    params = g.init_params(1)
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    h = x @ params["h.weight"].T + params["h.bias"]
+    k = (np.maximum(h, 0) + h) @ params["k.weight"].T + params["k.bias"]
+    np.testing.assert_allclose(compile(g, 2).forward(params, x), np.maximum(k, 0), rtol=1e-5)
+
+
 @pytest.mark.parametrize("training", [False, True])
 @pytest.mark.parametrize("path", ["alexnet-mini.yaml", "alexnet.yaml", "alexnet-torchvision.yaml"])
 def test_no_two_live_buffers_overlap(path, training):

@@ -317,6 +317,23 @@ def test_conv_forward(case, conv_block):
     np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("op", ["conv", "linear"])
+def test_fused_relu_clamps_the_same_result(op):
+    """Inference plans set relu=True on the conv or linear before a relu."""
+    rng = np.random.default_rng(5)
+    if op == "conv":
+        attrs, inputs = conv_inputs("groups-dilation", rng)
+    else:
+        attrs, inputs = (
+            dict(units=3, bias=True),
+            [rng.standard_normal(s) for s in ((4, 6), (3, 6), 3)],
+        )
+    y, _ = forward(op, attrs, *inputs)
+    fused, _ = forward(op, {**attrs, "relu": True}, *inputs)
+    assert (y < 0).any()
+    np.testing.assert_array_equal(fused, np.maximum(y, 0))
+
+
 @pytest.mark.parametrize(
     "shape, attrs",
     [

@@ -264,7 +264,8 @@ def _group_slices(g: _Geometry, copies: int = 1) -> tuple[list[slice], list[slic
 def conv_forward(
     ctx: KernelContext, attrs: Mapping, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None
 ) -> tuple[np.ndarray, tuple]:
-    """y = conv(x, w) + b. saved = (x, w), references only.
+    """y = conv(x, w) + b, then max(y, 0) when attrs has relu=True (inference plans fuse a
+    following relu). saved = (x, w), references only.
 
     One GEMM per tap, never folded: measured, folding conv1's taps into one K=432 GEMM ran no
     faster than nine K=48 ones (M = filters limits both), and the copies cost extra."""
@@ -277,6 +278,7 @@ def conv_forward(
     xq_buf = np.empty(g.ci * g.flat_len(nb_max), dtype=x.dtype)
     out_buf = np.empty(g.filters * g.out_len(nb_max), dtype=x.dtype)
     bias = None if b is None else b.reshape(-1, 1, 1)
+    relu = attrs.get("relu", False)  # fused by the compiler into inference plans
     gi, gf = _group_slices(g)
 
     for b0 in range(0, g.n, nb_max):
@@ -292,12 +294,15 @@ def conv_forward(
         valid = _positions(g, out, nb)
 
         def scatter(s: int, e: int, b0: int = b0, valid: np.ndarray = valid) -> None:
-            # (F, nb, oh, ow) -> NCHW, adding the bias in the same pass.
-            src = valid[:, s:e].transpose(1, 0, 2, 3)
+            # (F, nb, oh, ow) -> NCHW, adding the bias in the same pass; a fused relu follows
+            # while the samples are still in cache.
+            src, target = valid[:, s:e].transpose(1, 0, 2, 3), y[b0 + s : b0 + e]
             if bias is None:
-                np.copyto(y[b0 + s : b0 + e], src)
+                np.copyto(target, src)
             else:
-                np.add(src, bias, out=y[b0 + s : b0 + e])
+                np.add(src, bias, out=target)
+            if relu:
+                np.maximum(target, 0, out=target)
 
         shard(ctx, scatter, nb)
     return y, (x, w)
