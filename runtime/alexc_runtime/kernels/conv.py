@@ -18,7 +18,10 @@ is kh*kw GEMMs over shifted views of the same buffer, accumulated by BLAS in pla
 Hq*Wq/(oh*ow) (about 1.16 for AlexNet's layers) in FLOPs, against the kh*kw-fold copy
 traffic of im2col. Backward is the same sums turned around: dW for tap (i, j) is dy times the
 shifted view (K = positions, the long side), and dx accumulates W^T dy into the shifted views
-of a zeroed ``dxq`` (dy is zero at the gap positions, so they add nothing).
+of a zeroed ``dxq`` (dy is zero at the gap positions, so they add nothing). Where a tap's
+channels make a narrow GEMM side, backward folds taps into the rows of one operand first
+(``_fold``: a kw-fold copy per kernel row, or a full im2col for conv1's 3x3 taps over 48
+channels).
 
 The batch is processed in blocks of samples so the buffers stay near ``BLOCK_BUDGET`` bytes. The
 block size depends only on the shapes, never on the thread count, and taps are accumulated in a
