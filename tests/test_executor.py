@@ -113,16 +113,19 @@ def test_whole_graph_gradients_against_finite_differences(mini):
         assert abs(fd - analytic) <= 1e-5 * max(abs(analytic), 1e-3), name
 
 
-def test_gradient_of_input_sum_of_two_paths():
-    """A value read by two nodes gets the sum of both gradient contributions (accumulation)."""
-    g = alexc.parse_graph("""
+# h is read twice: directly and through a relu.
+TWO_PATHS = """
 input: {name: x, shape: [3]}
 nodes:
   - {name: h, op: linear, units: 4, inputs: [x]}
   - {name: a, op: relu, inputs: [h]}
   - {name: s, op: add, inputs: [a, h]}
-  - {name: out, op: linear, units: 2, inputs: [s]}
-""")
+"""
+
+
+def test_gradient_of_input_sum_of_two_paths():
+    """A value read by two nodes gets the sum of both gradient contributions (accumulation)."""
+    g = alexc.parse_graph(TWO_PATHS + "  - {name: out, op: linear, units: 2, inputs: [s]}\n")
     params = {k: v.astype(np.float64) for k, v in g.init_params(0).items()}
     x = np.random.default_rng(0).standard_normal((5, 3))
     y = np.array([0, 1, 1, 0, 1])
@@ -162,15 +165,11 @@ def test_inference_fuses_relu_into_the_conv_or_linear_before_it(mini):
 
 
 def test_relu_is_not_fused_when_the_value_before_it_is_read_elsewhere():
-    g = alexc.parse_graph("""
-input: {name: x, shape: [3]}
-nodes:
-  - {name: h, op: linear, units: 4, inputs: [x]}
-  - {name: a, op: relu, inputs: [h]}
-  - {name: s, op: add, inputs: [a, h]}
-  - {name: k, op: linear, units: 2, inputs: [s]}
-  - {name: out, op: relu, inputs: [k]}
-""")
+    g = alexc.parse_graph(
+        TWO_PATHS
+        + "  - {name: k, op: linear, units: 2, inputs: [s]}\n"
+        + "  - {name: out, op: relu, inputs: [k]}\n"
+    )
     plan = lower(g, 2, training=False)
     assert [s.op for s in plan.steps] == ["linear", "relu", "add", "linear"]
     assert plan.steps[-1].attrs["relu"] and plan.steps[-1].outputs == ("out",)
