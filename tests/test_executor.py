@@ -1,5 +1,8 @@
 """Lowering, autodiff, memory planning and the NumPy executor on whole graphs."""
 
+import os
+import subprocess
+import sys
 import tracemalloc
 
 import numpy as np
@@ -281,3 +284,21 @@ nodes:
     np.testing.assert_allclose(
         out["drop"], x @ params["fc.weight"].T + params["fc.bias"], rtol=1e-6
     )
+
+
+@pytest.mark.parametrize("preset", [None, "8"])
+def test_importing_alexc_sets_openblas_spin_before_numpy_loads(preset):
+    """OpenBLAS reads OPENBLAS_THREAD_TIMEOUT once, when NumPy loads it: `import alexc` must set
+    it first, and leave a value the user chose alone."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if preset:
+        env["OPENBLAS_THREAD_TIMEOUT"] = preset
+    code = (
+        "import sys, os, alexc\n"
+        "print(os.environ['OPENBLAS_THREAD_TIMEOUT'])\n"
+        "print(list(sys.modules).index('alexc_runtime') < list(sys.modules).index('numpy'))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == [preset or "16", "True"]
