@@ -9,7 +9,7 @@ from statistics import median
 
 import numpy as np
 import pytest
-from test_train import make_folder
+from conftest import color_folder
 
 from alexc import AlexcError, compile, load_graph, parse_graph
 from alexc.bench import (
@@ -370,7 +370,7 @@ def test_cli_refuses_bad_options_in_one_line(bench_cli, tmp_path, args, message)
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     """24 images of 28x28 in three class folders: alexnet-mini's training data for a test."""
-    return make_folder(tmp_path_factory.mktemp("data") / "images", per_class=8, size=28)
+    return color_folder(tmp_path_factory.mktemp("data") / "images", per_class=8, size=28)
 
 
 def test_data_pipeline_against_a_step_measured_for_the_ratio(mini, images):

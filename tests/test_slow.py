@@ -5,8 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import GRAPHS
-from test_train import make_folder
+from conftest import GRAPHS, color_folder
 
 import alexc
 from alexc.checkpoint import read_checkpoint
@@ -20,7 +19,7 @@ def test_full_size_alexnet_trains_a_few_steps_on_an_image_folder(name, tmp_path)
     """Three steps at full size (227 or 224 px) on generated 64 px images, resized per the
     graph's data section; the loss is finite and the weights move."""
     graph = alexc.load_graph(GRAPHS / name)
-    folder = make_folder(tmp_path / "images", per_class=12, size=64)
+    folder = color_folder(tmp_path / "images", per_class=12, size=64)
     result = train(
         graph,
         data=str(folder),

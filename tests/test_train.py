@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, color_folder
 from PIL import Image
 
 import alexc
@@ -38,19 +38,6 @@ data: {flip: true, mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}
 """
 
 
-def make_folder(root: Path, per_class=24, classes=("red", "green", "blue"), seed=0, size=8):
-    """Class k's images are bright in channel k, plus noise: learnable in a few steps."""
-    rng = np.random.default_rng(seed)
-    for k, name in enumerate(classes):
-        d = root / name
-        d.mkdir(parents=True)
-        for i in range(per_class):
-            img = rng.integers(0, 90, (size, size, 3))
-            img[..., k % 3] += 160 if k < 3 else 80
-            Image.fromarray(img.astype(np.uint8)).save(d / f"{i}.png")
-    return root
-
-
 @pytest.fixture
 def tiny(tmp_path):
     path = tmp_path / "tiny.yaml"
@@ -60,7 +47,7 @@ def tiny(tmp_path):
 
 @pytest.fixture
 def folder(tmp_path):
-    return make_folder(tmp_path / "images")
+    return color_folder(tmp_path / "images")
 
 
 # --- optimizer and schedules ----------------------------------------------------------------
@@ -280,7 +267,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_last_good(tiny, folder, t
 def test_init_weights_reinitialises_mismatched_tensors(tiny, folder, tmp_path):
     graph, _ = tiny
     train(graph, data=str(folder), out=tmp_path / "pre", epochs=1, threads=1)
-    four = make_folder(tmp_path / "four", per_class=8, classes=("a", "b", "c", "d"))
+    four = color_folder(tmp_path / "four", per_class=8, classes=("a", "b", "c", "d"))
     notices = []
 
     class Console:
@@ -314,7 +301,7 @@ def test_killed_or_interrupted_run_leaves_a_readable_checkpoint_and_resume_finis
     tiny, tmp_path, sig
 ):
     _, graph_path = tiny
-    data = make_folder(tmp_path / "big", per_class=200)
+    data = color_folder(tmp_path / "big", per_class=200)
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'runtime'}"}
     cmd = [
