@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from alexc_runtime.threads import ShardPool
 
 from .errors import AlexcError
 
@@ -19,9 +19,9 @@ class SGD:
         v <- m * v - wd * lr * w - lr * g
         w <- w + v
 
-    Updates params and buffers in place (float32) with no temporaries: each tensor is walked in
-    cache-sized chunks, split over ``threads`` threads (elementwise, so the result does not
-    depend on the split)."""
+    Updates params and buffers in place (float32), with one chunk-sized temporary per thread:
+    each tensor is walked in cache-sized chunks, split over ``threads`` threads (elementwise, so
+    the result does not depend on the split)."""
 
     def __init__(
         self,
@@ -37,11 +37,9 @@ class SGD:
         for k, v in (buffers or {}).items():
             if k in self.buffers and self.buffers[k].shape == v.shape:
                 self.buffers[k][...] = v
-        # One chunk-sized scratch buffer per thread, allocated once.
-        dtype = np.result_type(*params.values()) if params else np.float32
-        self.scratch = np.empty((max(1, threads), CHUNK), dtype)
-        # Worker threads exit on their own once the optimizer is garbage-collected.
-        self._pool = ThreadPoolExecutor(threads - 1, "alexc-sgd") if threads > 1 else None
+        # Chunks are split over the runtime's shard pool (its workers exit once the optimizer
+        # is garbage-collected).
+        self._pool = ShardPool(threads)
 
     def step(self, params: dict[str, np.ndarray], grads: Mapping[str, np.ndarray], lr: float):
         for name, w in params.items():
@@ -49,32 +47,25 @@ class SGD:
             if not (np.shares_memory(flat_w, w) and np.shares_memory(flat_v, self.buffers[name])):
                 raise AlexcError(f"SGD updates '{name}' in place: it must be a contiguous array")
             flat_g = grads[name].reshape(-1)
-            if not w.size:
-                continue
-            chunks = -(-w.size // CHUNK)
-            parts = min(len(self.scratch), chunks)
-            bounds = [chunks * i // parts * CHUNK for i in range(parts + 1)]
-            ranges = [(bounds[i], min(bounds[i + 1], w.size), i) for i in range(parts)]
-            args = (flat_w, flat_v, flat_g, lr)
-            futures = [self._pool.submit(self._update, *args, *r) for r in ranges[1:]]
-            try:
-                self._update(*args, *ranges[0])
-            finally:
-                for future in futures:
-                    future.result()
 
-    def _update(self, w, v, g, lr: float, start: int, stop: int, worker: int) -> None:
+            def update(first: int, last: int, w=flat_w, v=flat_v, g=flat_g) -> None:
+                self._update(w, v, g, lr, first * CHUNK, min(last * CHUNK, w.size))
+
+            self._pool.map_range(update, -(-w.size // CHUNK))
+
+    def _update(self, w, v, g, lr: float, start: int, stop: int) -> None:
         """The rule on w[start:stop], chunk by chunk, so the six passes over a chunk hit the
         cache: w, v and g stream through memory once instead of once per pass."""
         m, decay = self.momentum, self.weight_decay * lr
+        tmp = np.empty(min(CHUNK, stop - start), w.dtype)  # one per call, not per chunk
         for s in range(start, stop, CHUNK):
             e = min(s + CHUNK, stop)
-            w_c, v_c, tmp = w[s:e], v[s:e], self.scratch[worker, : e - s]
+            w_c, v_c, t = w[s:e], v[s:e], tmp[: e - s]
             v_c *= m
-            np.multiply(w_c, decay, out=tmp)
-            v_c -= tmp
-            np.multiply(g[s:e], lr, out=tmp)
-            v_c -= tmp
+            np.multiply(w_c, decay, out=t)
+            v_c -= t
+            np.multiply(g[s:e], lr, out=t)
+            v_c -= t
             w_c += v_c
 
 
