@@ -97,14 +97,6 @@ class _Geometry:
         reach = (self.khi - 1) * self.dhi * self.wq + (self.kwi - 1) * self.dwi
         return max(nb * self.pitch, self.out_len(nb) + reach)
 
-    def offsets(self) -> list[tuple[int, int, int]]:
-        """(i, j, flat offset) of every tap, in the fixed order sums are taken."""
-        return [
-            (i, j, i * self.dhi * self.wq + j * self.dwi)
-            for i in range(self.khi)
-            for j in range(self.kwi)
-        ]
-
 
 def _geometry(x_shape: tuple, w_shape: tuple, attrs: Mapping) -> _Geometry:
     n, c, h, width = x_shape
@@ -158,7 +150,7 @@ def workspace_bytes(x_shape: tuple, w_shape: tuple, attrs: Mapping, itemsize: in
     # Strided: the padded tiles of a block, and the dense kernel the taps are cut from.
     tiles = g.c * g.hi * g.sh * g.wi * g.sw * itemsize if g.strided else 0
     dense = g.filters * (g.c // g.groups) * g.khi * g.sh * g.kwi * g.sw * itemsize
-    strided = dense if g.strided else 0
+    strided = dense if g.strided else 0  # the dense kernel exists only when strided
 
     nb = _block(g, itemsize)
     flat, out = g.ci * g.flat_len(nb) * itemsize, g.filters * g.out_len(nb) * itemsize
@@ -277,7 +269,8 @@ def conv_forward(
     g = _geometry(x.shape, w.shape, attrs)
     nb_max = _block(g, x.itemsize)
     y = np.empty((g.n, g.filters, g.oh, g.ow), dtype=x.dtype)
-    taps = _tap_weights(g, w)
+    offsets, _ = _fold_offsets(g, "none")
+    taps = _fold_taps(g, _tap_weights(g, w), "none")
     xq_buf = np.empty(g.ci * g.flat_len(nb_max), dtype=x.dtype)
     out_buf = np.empty(g.filters * g.out_len(nb_max), dtype=x.dtype)
     bias = None if b is None else b.reshape(-1, 1, 1)
@@ -292,8 +285,8 @@ def conv_forward(
         shard(ctx, lambda s, e, b0=b0, xq=xq: _pack(g, x, xq, b0, s, e), nb)
         out = out_buf[: g.filters * out_len].reshape(g.filters, out_len)
         for k in range(g.groups):
-            for step, (i, j, off) in enumerate(g.offsets()):
-                gemm(taps[i, j, gf[k]], xq[gi[k], off : off + out_len], out[gf[k]], step > 0)
+            for t, off in enumerate(offsets):
+                gemm(taps[t, gf[k]], xq[gi[k], off : off + out_len], out[gf[k]], t > 0)
         valid = _positions(g, out, nb)
 
         def scatter(s: int, e: int, b0: int = b0, valid: np.ndarray = valid) -> None:
