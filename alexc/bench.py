@@ -5,6 +5,9 @@ Every public function returns plain data (what `alexc bench --json` writes); the
 Conventions (also written into the JSON, under "conventions"):
 - latency is the wall time of one call on a whole batch, after `warmup` untimed calls; images/s
   is batch / median latency (min and max images/s come from the max and min latency);
+- the rows of one mode and batch size are timed in rounds, one call of each row per round, so a
+  change in the shared machine's speed falls on all of them alike; the comparisons pair them by
+  round: NumPy's speed over a peer's is the median over rounds of peer latency / NumPy latency;
 - an inference call does `graph.total_flops` per image; a training step (forward, backward and the
   SGD update) counts 3x that: backward does two GEMMs of forward's size per layer (the update and
   the input gradient conv1 skips are ignored); GFLOP/s = FLOPs per image * batch / median latency;
@@ -74,6 +77,9 @@ CONVENTIONS = {
     "peak_mb": "memory the row needs beyond its input batch, parameters included; 1 MB = 1e6 B",
     "planned_peak_mb": "numpy rows: the memory plan's peak (parameters, their gradients when "
     "training, activations and kernel state; no optimizer state)",
+    "comparisons.speed": "numpy images/s over the peer's, same mode and batch: the median (min, "
+    "max) over rounds of the peer's latency / numpy's latency in the same round",
+    "comparisons.memory": "numpy peak_mb / the peer's peak_mb (None when either is unknown)",
     "data.images_per_s": "images per second alexc train's training loader delivers, consumed "
     f"as fast as it can, alone: median over repeats of >= {DATA_IMAGES} images each",
     "data.ratio": f"data images_per_s / numpy train images_per_s, same batch (target >= "
@@ -81,8 +87,8 @@ CONVENTIONS = {
 }
 PEAK_METHODS = {
     "tracemalloc": "parameters (+ momentum when training) + tracemalloc peak of one call",
-    "rss": "VmHWM after the timed calls (reset after warm-up) - VmRSS before building the "
-    "executor; one-time library set-up excluded by an earlier batch-1 call",
+    "rss": "VmHWM of one call after warm-up (reset just before it) - VmRSS before building "
+    "the executor; one-time library set-up excluded by an earlier batch-1 call",
 }
 
 
@@ -338,7 +344,8 @@ def plan_rows(
     """The rows to measure, and a note for every executor or mode left out and why.
 
     Executors run in a fixed order (numpy, onnxruntime, torch) whatever order they are asked
-    in: torch's OpenMP workers keep spinning a while after each call and would slow what follows.
+    in, and so within each round of timed calls: torch last, in case its OpenMP workers still
+    spin after a call (measured here: no slower NumPy or onnxruntime call right after torch's).
     "onnxruntime" on a graph with LRN means both LRN forms (DESIGN §7: the node form is slow)."""
     unknown = [e for e in executors if e not in EXECUTORS]
     if unknown:
@@ -383,36 +390,63 @@ def _uses_rss(row: Row) -> bool:
     return row.executor != "numpy"
 
 
-def _measure(
-    bench: _Bench,
-    row: Row,
-    warmup: int,
-    repeats: int,
-    peak_gflops: float,
-    tick: Callable[[int], None],
-) -> dict:
+def _ready(bench: _Bench, row: Row, warmup: int, primed: set, tick) -> tuple[_Setup, dict]:
+    """Build a row, warm it up, and take its peak memory during one call of its own."""
     bench.prepare(row)
     if _uses_rss(row):
+        if (row.executor, row.mode) not in primed:
+            # One-time library set-up (thread pools, allocators, autograd) stays resident for
+            # the rest of the process: keep it out of the first row's memory growth.
+            primed.add((row.executor, row.mode))
+            bench.setup(Row(row.executor, row.mode, 1)).call()
         _release_free_memory()
         baseline = _proc_status()["VmRSS"]
     ready = bench.setup(row)
     for _ in range(warmup):
         ready.call()
         tick(1)
-    hwm_reset = _uses_rss(row) and _reset_hwm()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        ready.call()
-        times.append(time.perf_counter() - start)
-        tick(1)
     if not _uses_rss(row):
         peak, method = (ready.held_bytes + _traced_peak(ready.call)) / MB, "tracemalloc"
-        tick(1)
-    elif hwm_reset:
+    elif _reset_hwm():
+        ready.call()
         peak, method = (_proc_status()["VmHWM"] - baseline) / MB, "rss"
     else:
+        ready.call()
         peak, method = None, "unavailable (VmHWM cannot be reset here)"
+    tick(1)
+    return ready, {"peak_mb": peak, "peak_method": method}
+
+
+def _measure_group(
+    bench: _Bench,
+    rows: Sequence[Row],
+    warmup: int,
+    repeats: int,
+    peak_gflops: float,
+    primed: set,
+    on_call: Callable[[str, int], None] | None,
+) -> list[dict]:
+    """Rows of one mode and batch size, in rounds: each row is built, warmed up and its memory
+    taken in turn; then every round times one call of each row, in the rows' order. A change in
+    the machine's speed during the run (it is shared) thus falls on all rows alike, and the
+    latencies of one round can be compared pairwise (`compare`)."""
+    readied = [
+        (row, *_ready(bench, row, warmup, primed, _ticker(on_call, row.label))) for row in rows
+    ]
+    times: dict[Row, list[float]] = {row: [] for row in rows}
+    for _ in range(repeats):
+        for row, ready, _ in readied:
+            start = time.perf_counter()
+            ready.call()
+            times[row].append(time.perf_counter() - start)
+            _ticker(on_call, row.label)(1)
+    return [
+        _result(bench, row, warmup, times[row], peak_gflops, ready, memory)
+        for row, ready, memory in readied
+    ]
+
+
+def _result(bench, row, warmup, times, peak_gflops, ready: _Setup, memory: dict) -> dict:
     b = row.batch_size
     flops = bench.graph.total_flops * (TRAIN_FLOPS_FACTOR if row.mode == "train" else 1)
     mid = median(times)
@@ -423,7 +457,7 @@ def _measure(
         "batch_size": b,
         "threads": bench.threads,
         "warmup": warmup,
-        "repeats": repeats,
+        "repeats": len(times),
         "latency_ms": mid * 1e3,
         "latency_ms_min": min(times) * 1e3,
         "latency_ms_max": max(times) * 1e3,
@@ -434,15 +468,49 @@ def _measure(
         "flops_per_image": flops,
         "gflops": gflops,
         "share_of_peak": gflops / peak_gflops,
-        "peak_mb": peak,
-        "peak_method": method,
+        **memory,
         **ready.extra,
     }
 
 
+def compare(results: Sequence[dict]) -> list[dict]:
+    """The NumPy executor against every other row of the same mode and batch size.
+
+    speed: NumPy's images/s over the peer's, round by round (the peer's latency over NumPy's in
+    the same round), as median, min and max over the rounds; memory: NumPy's peak over the
+    peer's (None when either is unknown)."""
+    found = []
+    for ours in (r for r in results if r["executor"] == "numpy"):
+        for peer in results:
+            if peer["executor"] == "numpy" or (peer["mode"], peer["batch_size"]) != (
+                ours["mode"],
+                ours["batch_size"],
+            ):
+                continue
+            ratios = [
+                p / n for p, n in zip(peer["latencies_ms"], ours["latencies_ms"], strict=True)
+            ]
+            memory = None
+            if ours["peak_mb"] is not None and peer["peak_mb"]:
+                memory = ours["peak_mb"] / peer["peak_mb"]
+            found.append(
+                {
+                    "mode": ours["mode"],
+                    "batch_size": ours["batch_size"],
+                    "peer": peer["executor"],
+                    "speed": median(ratios),
+                    "speed_min": min(ratios),
+                    "speed_max": max(ratios),
+                    "rounds": len(ratios),
+                    "memory": memory,
+                }
+            )
+    return found
+
+
 def calls_per_row(row: Row, warmup: int, repeats: int) -> int:
-    """How many calls a row makes (for progress bars): warm-up, timed, and a traced one."""
-    return warmup + repeats + (0 if _uses_rss(row) else 1)
+    """How many calls a row makes (for progress bars): warm-up, timed, and the memory one."""
+    return warmup + repeats + 1
 
 
 # --- the data pipeline ----------------------------------------------------------------------
@@ -568,31 +636,26 @@ def run_bench(
         )
         notes = [*notes, *data_notes]
     bench = _Bench(graph, threads, seed)
-    results, profiles, steps = [], [], {}
+    results, profiles, primed = [], [], set()
     try:
         for d in pipeline:
             row = Row("numpy", "train", d["batch_size"])
             if row not in planned:
-                steps[row] = _measure(
-                    bench, row, warmup, repeats, peak, _ticker(on_call, row.label)
-                )
+                results += _measure_group(bench, [row], warmup, repeats, peak, primed, on_call)
         if profile:
             for mode in (m for m in MODES if m in modes):
                 for b in dict.fromkeys(batch_sizes):
                     tick = _ticker(on_call, f"profile numpy {mode} batch {b}")
                     profiles.append(profile_numpy(bench, mode, b, warmup, repeats, tick))
-        primed = set()
+        groups: dict[tuple[str, int], list[Row]] = {}
         for row in planned:
-            tick = _ticker(on_call, row.label)
-            if _uses_rss(row) and (row.executor, row.mode) not in primed:
-                # One-time library set-up (thread pools, allocators, autograd) stays resident
-                # for the rest of the process: keep it out of the first row's memory growth.
-                primed.add((row.executor, row.mode))
-                bench.setup(Row(row.executor, row.mode, 1)).call()
-            results.append(_measure(bench, row, warmup, repeats, peak, tick))
-            steps[row] = results[-1]
+            groups.setdefault((row.mode, row.batch_size), []).append(row)
+        for group in groups.values():
+            results += _measure_group(bench, group, warmup, repeats, peak, primed, on_call)
     finally:
         bench.close()
+    steps = {Row(r["executor"], r["mode"], r["batch_size"]): r for r in results}
+    results = [steps[row] for row in planned]  # the planned order: executor, mode, batch
     for d in pipeline:
         step = steps[Row("numpy", "train", d["batch_size"])]["images_per_s"]
         d.update(step_images_per_s=step, ratio=d["images_per_s"] / step)
@@ -620,6 +683,7 @@ def run_bench(
         "conventions": {**CONVENTIONS, "peak_method": PEAK_METHODS},
         "machine": machine,
         "results": results,
+        "comparisons": compare(results),
         "skipped": notes,
     }
     if profile:

@@ -96,6 +96,35 @@ def _caption(result: dict) -> str:
     )
 
 
+COMPARISON_COLUMNS = (
+    "mode",
+    "batch",
+    "peer",
+    "numpy speed / peer",
+    "range over rounds",
+    "numpy memory / peer",
+)
+
+
+def _comparison_cells(c: dict) -> list[str]:
+    memory = "-" if c["memory"] is None else f"{c['memory']:.2f}x"
+    return [
+        c["mode"],
+        str(c["batch_size"]),
+        c["peer"],
+        f"{c['speed']:.2f}x",
+        f"{c['speed_min']:.2f}-{c['speed_max']:.2f}x",
+        memory,
+    ]
+
+
+COMPARISON_TITLE = "the NumPy executor against each peer, paired by round"
+COMPARISON_CAPTION = (
+    "speed: median over rounds of the peer's latency / NumPy's in the same round (above 1x: "
+    "NumPy is faster); memory: peak MB over the peer's"
+)
+
+
 def data_lines(result: dict) -> list[str]:
     """One line per batch size timed by --data: the pipeline's images/s against the step's."""
     from .bench import DATA_TARGET
@@ -119,6 +148,13 @@ def render(result: dict, out: Console) -> None:
     for r in result["results"]:
         table.add_row(*_cells(r))
     out.print(table)
+    if result.get("comparisons"):
+        pairs = Table(title=COMPARISON_TITLE, caption=COMPARISON_CAPTION)
+        for column in COMPARISON_COLUMNS:
+            pairs.add_column(column, justify="left" if column in ("mode", "peer") else "right")
+        for c in result["comparisons"]:
+            pairs.add_row(*_comparison_cells(c))
+        out.print(pairs)
     for line in data_lines(result):
         out.print(line, highlight=False, soft_wrap=True)
     for note in result["skipped"]:
@@ -158,6 +194,12 @@ def markdown(result: dict) -> str:
     ]
     lines += ["| " + " | ".join(_cells(r)) + " |" for r in result["results"]]
     lines += ["", f"_{_caption(result)}._"]
+    if result.get("comparisons"):
+        lines += ["", f"**{COMPARISON_TITLE[0].upper()}{COMPARISON_TITLE[1:]}**", ""]
+        lines += ["| " + " | ".join(COMPARISON_COLUMNS) + " |"]
+        lines += ["|---|---:|---|---:|---:|---:|"]
+        lines += ["| " + " | ".join(_comparison_cells(c)) + " |" for c in result["comparisons"]]
+        lines += ["", f"_{COMPARISON_CAPTION[0].upper()}{COMPARISON_CAPTION[1:]}._"]
     lines += [f"{line[0].upper()}{line[1:]}." for line in data_lines(result)]
     lines += [f"Note: {n['executor']}: {n['reason']}." for n in result["skipped"]]
     return "\n".join(lines)

@@ -178,6 +178,51 @@ def test_numbers_are_consistent_with_the_work_done(document, mini):
         assert r["share_of_peak"] == pytest.approx(r["gflops"] / peak)
 
 
+def test_comparisons_pair_numpy_with_each_peer_round_by_round(document):
+    """Speed: the median over rounds of peer latency / NumPy latency; memory: the peak ratio."""
+    rows = {(r["executor"], r["mode"], r["batch_size"]): r for r in document["results"]}
+    expected = {(e, m, b) for (e, m, b) in rows if e != "numpy" and ("numpy", m, b) in rows}
+    found = {(c["peer"], c["mode"], c["batch_size"]) for c in document["comparisons"]}
+    assert found == expected and expected
+    for c in document["comparisons"]:
+        ours, theirs = (
+            rows["numpy", c["mode"], c["batch_size"]],
+            rows[c["peer"], c["mode"], c["batch_size"]],
+        )
+        per_round = [
+            t / n for t, n in zip(theirs["latencies_ms"], ours["latencies_ms"], strict=True)
+        ]
+        assert c["rounds"] == len(per_round) == 2
+        assert c["speed"] == pytest.approx(median(per_round))
+        assert c["speed_min"] == pytest.approx(min(per_round))
+        assert c["speed_max"] == pytest.approx(max(per_round))
+        if theirs["peak_mb"]:
+            assert c["memory"] == pytest.approx(ours["peak_mb"] / theirs["peak_mb"])
+        else:
+            assert c["memory"] is None
+
+
+def test_rows_of_one_mode_and_batch_are_timed_in_alternating_rounds(mini):
+    """Each row is warmed up and its memory taken first; then the timed calls alternate."""
+    calls = []
+    run_bench(
+        mini,
+        batch_sizes=(2,),
+        threads=1,
+        executors=("numpy", "onnxruntime"),
+        modes=("infer",),
+        repeats=3,
+        warmup=1,
+        sgemm_repeats=1,
+        on_call=lambda label, n: calls.extend([label] * n),
+    )
+    numpy, node, decomposed = (
+        f"{e} infer batch 2" for e in ("numpy", "onnxruntime", "onnxruntime-lrn-decomposed")
+    )
+    readying = [numpy] * 2 + [node] * 2 + [decomposed] * 2  # a warm-up and a memory call each
+    assert calls == readying + [numpy, node, decomposed] * 3
+
+
 def test_numpy_peak_memory_covers_parameters_and_activations(document, mini):
     param_mb = mini.num_params * 4 / MB
     assert document["graph"]["param_mb"] == pytest.approx(param_mb)
@@ -317,6 +362,11 @@ def test_cli_writes_json_and_prints_a_table(bench_cli, tmp_path):
     assert "images/s" in stdout and "tiny" in stdout and f"wrote {out}" in stdout
     doc = json.loads(out.read_text())
     assert {"machine", "results", "graph", "config", "conventions", "skipped"} <= set(doc)
+    assert "paired by round" in stdout and "numpy speed / peer" in stdout
+    assert {(c["peer"], c["batch_size"]) for c in doc["comparisons"]} == {
+        ("onnxruntime", 1),
+        ("onnxruntime", 4),
+    }
     keys = {(r["executor"], r["mode"], r["batch_size"]) for r in doc["results"]}
     assert keys == {
         ("numpy", "infer", 1),
@@ -341,6 +391,7 @@ def test_cli_markdown_profile_and_no_data_installed(bench_cli, tmp_path, monkeyp
     )  # fmt: skip
     assert code == 0, stderr
     assert "| numpy | train | 2 |" in stdout
+    assert "paired by round" not in stdout  # no peer, no comparison
     assert "sgd update" in stdout and "by op:" in stdout
     assert "Note: data pipeline: not measured: Fashion-MNIST not found at" in stdout
 
