@@ -14,6 +14,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from .kernels import KERNELS, KernelContext
+from .malloc import keep_freed_memory
 from .plan import Plan
 from .threads import ShardPool
 
@@ -32,6 +33,7 @@ class PlanExecutor:
     """Executes one Plan with `threads` threads for both BLAS and the batch-sharded kernels."""
 
     def __init__(self, plan: Plan, threads: int = 1):
+        keep_freed_memory()  # every step allocates afresh: reuse freed pages, not new ones
         self.plan = plan
         self.threads = threads
         self.pool = ShardPool(threads)
