@@ -43,6 +43,7 @@ from statistics import mean, median
 import numpy as np
 from alexc_runtime.executor import blas_threads
 from alexc_runtime.kernels import KERNELS, Kernel
+from alexc_runtime.malloc import keep_freed_memory
 
 from .compile import compile as compile_graph
 from .errors import AlexcError
@@ -73,6 +74,8 @@ CONVENTIONS = {
     "gflops": "flops_per_image * batch_size / median latency / 1e9",
     "flops_per_image": f"graph.total_flops for infer; {TRAIN_FLOPS_FACTOR}x that for train",
     "share_of_peak": "gflops / machine.sgemm_peak_gflops",
+    "malloc_keeps_freed_memory": "glibc keeps freed memory mapped for reuse, for every row "
+    "(alexc_runtime.malloc; False where the user tuned malloc or it is not glibc)",
     "sgemm_peak_gflops": "best per-shape median of NumPy float32 matmul, same thread count",
     "peak_mb": "memory the row needs beyond its input batch, parameters included; 1 MB = 1e6 B",
     "planned_peak_mb": "numpy rows: the memory plan's peak (parameters, their gradients when "
@@ -151,8 +154,13 @@ def sgemm_peak(threads: int, repeats: int = 5, seed: int = 0) -> dict:
 
 
 def machine_info(threads: int, sgemm_repeats: int = 5) -> dict:
-    """The CPU, library versions, BLAS and the measured sgemm peak at `threads` threads."""
+    """The CPU, library versions, BLAS, malloc and the measured sgemm peak at `threads` threads.
+
+    Sets malloc up as the executor does (`keep_freed_memory`), first, so every row of every run
+    shares one allocator setting, whichever executors it measures."""
     from threadpoolctl import threadpool_info
+
+    keeps_freed = keep_freed_memory()
 
     cpu, simd = _cpu()
     blas = [
@@ -172,6 +180,7 @@ def machine_info(threads: int, sgemm_repeats: int = 5) -> dict:
         "onnxruntime": _version("onnxruntime"),
         "torch": _version("torch"),
         "blas": blas[0] if blas else None,
+        "malloc_keeps_freed_memory": keeps_freed,
         **sgemm_peak(threads, sgemm_repeats),
     }
 

@@ -73,6 +73,7 @@ MACHINE_KEYS = {
     "onnxruntime": str,
     "sgemm_peak_gflops": float,
     "sgemm": list,
+    "malloc_keeps_freed_memory": bool,
 }
 ROW_KEYS = {
     "executor": str,
