@@ -90,8 +90,9 @@ CONVENTIONS = {
 }
 PEAK_METHODS = {
     "tracemalloc": "parameters (+ momentum when training) + tracemalloc peak of one call",
-    "rss": "VmHWM of one call after warm-up (reset just before it) - VmRSS before building "
-    "the executor; one-time library set-up excluded by an earlier batch-1 call",
+    "rss": "VmHWM of one call after warm-up (reset just before it, after free heap pages were "
+    "handed back) - VmRSS before building the executor; one-time library set-up excluded by an "
+    "earlier batch-1 call",
 }
 
 
@@ -416,12 +417,15 @@ def _ready(bench: _Bench, row: Row, warmup: int, primed: set, tick) -> tuple[_Se
         tick(1)
     if not _uses_rss(row):
         peak, method = (ready.held_bytes + _traced_peak(ready.call)) / MB, "tracemalloc"
-    elif _reset_hwm():
+    else:
+        # What building and warm-up freed is no part of a call's footprint; with freed memory
+        # kept mapped (alexc_runtime.malloc) it would otherwise stay resident and count.
+        _release_free_memory()
+        measurable = _reset_hwm()
         ready.call()
         peak, method = (_proc_status()["VmHWM"] - baseline) / MB, "rss"
-    else:
-        ready.call()
-        peak, method = None, "unavailable (VmHWM cannot be reset here)"
+        if not measurable:
+            peak, method = None, "unavailable (VmHWM cannot be reset here)"
     tick(1)
     return ready, {"peak_mb": peak, "peak_method": method}
 
