@@ -459,7 +459,16 @@ def _measure_group(
     ]
 
 
-def _result(bench, row, warmup, times, peak_gflops, ready: _Setup, memory: dict) -> dict:
+def _result(
+    bench: _Bench,
+    row: Row,
+    warmup: int,
+    times: list,
+    peak_gflops: float,
+    ready: _Setup,
+    memory: dict,
+) -> dict:
+    """A row's JSON record from its timed latencies (seconds, in round order) and memory."""
     b = row.batch_size
     flops = bench.graph.total_flops * (TRAIN_FLOPS_FACTOR if row.mode == "train" else 1)
     mid = median(times)
@@ -494,11 +503,9 @@ def compare(results: Sequence[dict]) -> list[dict]:
     peer's (None when either is unknown)."""
     found = []
     for ours in (r for r in results if r["executor"] == "numpy"):
+        same = (ours["mode"], ours["batch_size"])
         for peer in results:
-            if peer["executor"] == "numpy" or (peer["mode"], peer["batch_size"]) != (
-                ours["mode"],
-                ours["batch_size"],
-            ):
+            if peer["executor"] == "numpy" or (peer["mode"], peer["batch_size"]) != same:
                 continue
             ratios = [
                 p / n for p, n in zip(peer["latencies_ms"], ours["latencies_ms"], strict=True)
