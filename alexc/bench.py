@@ -155,13 +155,8 @@ def sgemm_peak(threads: int, repeats: int = 5, seed: int = 0) -> dict:
 
 
 def machine_info(threads: int, sgemm_repeats: int = 5) -> dict:
-    """The CPU, library versions, BLAS, malloc and the measured sgemm peak at `threads` threads.
-
-    Sets malloc up as the executor does (`keep_freed_memory`), first, so every row of every run
-    shares one allocator setting, whichever executors it measures."""
+    """The CPU, library versions, BLAS and the measured sgemm peak at `threads` threads."""
     from threadpoolctl import threadpool_info
-
-    keeps_freed = keep_freed_memory()
 
     cpu, simd = _cpu()
     blas = [
@@ -181,7 +176,6 @@ def machine_info(threads: int, sgemm_repeats: int = 5) -> dict:
         "onnxruntime": _version("onnxruntime"),
         "torch": _version("torch"),
         "blas": blas[0] if blas else None,
-        "malloc_keeps_freed_memory": keeps_freed,
         **sgemm_peak(threads, sgemm_repeats),
     }
 
@@ -443,16 +437,15 @@ def _measure_group(
     taken in turn; then every round times one call of each row, in the rows' order. A change in
     the machine's speed during the run (it is shared) thus falls on all rows alike, and the
     latencies of one round can be compared pairwise (`compare`)."""
-    readied = [
-        (row, *_ready(bench, row, warmup, primed, _ticker(on_call, row.label))) for row in rows
-    ]
+    ticks = {row: _ticker(on_call, row.label) for row in rows}
+    readied = [(row, *_ready(bench, row, warmup, primed, ticks[row])) for row in rows]
     times: dict[Row, list[float]] = {row: [] for row in rows}
     for _ in range(repeats):
         for row, ready, _ in readied:
             start = time.perf_counter()
             ready.call()
             times[row].append(time.perf_counter() - start)
-            _ticker(on_call, row.label)(1)
+            ticks[row](1)
     return [
         _result(bench, row, warmup, times[row], peak_gflops, ready, memory)
         for row, ready, memory in readied
@@ -640,7 +633,10 @@ def run_bench(
     if repeats < 1 or warmup < 0 or threads < 1 or workers < 1:
         raise AlexcError("repeats, threads and workers must be >= 1, warmup >= 0")
     planned, notes = rows or plan_rows(graph, executors, modes, batch_sizes)
-    machine = machine_info(threads, sgemm_repeats)
+    # Malloc set up as the executor sets it, before anything is measured, so every row of every
+    # run shares one allocator setting whichever executors it measures.
+    keeps_freed = keep_freed_memory()
+    machine = {**machine_info(threads, sgemm_repeats), "malloc_keeps_freed_memory": keeps_freed}
     peak = machine["sgemm_peak_gflops"]
     pipeline = []
     if data is not None:  # first: torch's spinning workers would slow it (see plan_rows)

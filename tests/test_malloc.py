@@ -2,6 +2,7 @@
 malloc. Each case runs in a fresh interpreter, since the setting is process-wide."""
 
 import os
+import platform
 import subprocess
 import sys
 
@@ -40,8 +41,8 @@ def _probe(**env_changes) -> list[str]:
 
 
 needs_glibc = pytest.mark.skipif(
-    not sys.platform.startswith("linux") or not os.path.exists("/proc/self/status"),
-    reason="glibc's malloc and /proc are Linux's",
+    platform.libc_ver()[0] != "glibc" or not os.path.exists("/proc/self/status"),
+    reason="needs glibc's malloc and Linux's /proc",
 )
 
 
