@@ -178,19 +178,18 @@ def evaluate(
             f"predict {g.shapes[g.outputs[0]][0]}"
         )
     augment = Augment.from_config(g.data, g.input.shape)
-    crops = 10 if ten_crop else 1
     if ten_crop:
         augment = replace(augment, ten_crop=True)
     predictor = _predictor(g, params, executor, threads, batch_size)
     with Loader(source, augment, batch_size=batch_size, train=False, seed=0) as loader:
-        result = run_eval(predictor, loader, crops=crops)
+        result = run_eval(predictor, loader, crops=augment.crops_per_image(train=False))
     result["executor"] = executor.value
     if as_json:
         print(json.dumps(result))
     else:
         console.print(
             f"{g.name} on {data} ({split}, {result['images']} images"
-            f"{', 10 crops' if ten_crop else ''}): top-1 {result['top1']:.4f}, "
+            f"{', 10 crops' if augment.ten_crop else ''}): top-1 {result['top1']:.4f}, "
             f"top-5 {result['top5']:.4f}, loss {result['loss']:.4f}",
             highlight=False,
         )

@@ -359,7 +359,12 @@ def train(
                 workers=workers,
             )
             with val_loader:
-                val = evaluate(executor.predictor(params), val_loader, limit_batches=limit_batches)
+                val = evaluate(
+                    executor.predictor(params),
+                    val_loader,
+                    crops=augment.crops_per_image(train=False),
+                    limit_batches=limit_batches,
+                )
             schedule.end_epoch(val["top1"])
             state.epoch += 1
             state.batch = 0

@@ -16,7 +16,7 @@ from PIL import Image
 
 import alexc
 from alexc import optim
-from alexc.checkpoint import read_checkpoint, save_checkpoint
+from alexc.checkpoint import load_for_graph, read_checkpoint, save_checkpoint
 from alexc.errors import AlexcError
 from alexc.optim import SGD, Schedule
 from alexc.train import train
@@ -376,6 +376,60 @@ def test_train_eval_infer_plot_commands(tiny, folder, tmp_path, run_cli):
     assert code == 0, err
     png = Image.open(run / "curves.png")
     assert png.size[0] > 500 and len(np.unique(np.asarray(png).reshape(-1, 3), axis=0)) > 4
+
+
+def _ten_crops(image: np.ndarray, crop: int) -> np.ndarray:
+    """The paper's ten crops of an HWC image, as CHW rows: four corners, the centre, mirrored."""
+    h, w, _ = image.shape
+    corners = [(0, 0), (0, w - crop), (h - crop, 0), (h - crop, w - crop)]
+    crops = [image[y : y + crop, x : x + crop] for y, x in corners]
+    crops.append(image[(h - crop) // 2 :][:crop, (w - crop) // 2 :][:, :crop])
+    crops += [c[:, ::-1] for c in crops]
+    return np.stack(crops).transpose(0, 3, 1, 2)
+
+
+def test_ten_crop_trains_and_evaluates_the_mean_softmax_of_ten_crops(tmp_path, run_cli):
+    """`data: {ten_crop: true}` validates each epoch on ten crops per image, and `alexc eval`
+    scores the mean softmax over the crops: both equal that score recomputed here image by
+    image from the files (10x10 images, 8x8 crops)."""
+    data = tmp_path / "data"
+    color_folder(data / "train", size=10)
+    color_folder(data / "val", per_class=6, seed=1, size=10)
+    graph_path = tmp_path / "ten.yaml"
+    graph_path.write_text(TINY.replace("data: {flip: true,", "data: {resize: 10, ten_crop: true,"))
+    run = tmp_path / "run"
+    code, _, err = run_cli(
+        "train", graph_path, "--data", data, "--out", run, "--epochs", "1", "--threads", "1"
+    )
+    assert code == 0, err
+    (epoch,) = [
+        json.loads(line)
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+        if '"event": "epoch"' in line
+    ]
+    ckpt = run / "last.safetensors"
+    code, out, err = run_cli(
+        "eval", graph_path, "--weights", ckpt, "--data", data, "--split", "val", "--json"
+    )
+    assert code == 0, err
+    result = json.loads(out)
+
+    graph, params = load_for_graph(ckpt, alexc.load_graph(graph_path))
+    exe = alexc.compile(graph, 10, threads=1)
+    losses, hits = [], []
+    for label, name in enumerate(graph.classes):
+        for path in sorted((data / "val" / name).iterdir()):
+            crops = _ten_crops(np.asarray(Image.open(path)), 8)
+            x = ((crops / 255.0 - 0.5) / 0.25).astype(np.float32)
+            logits = exe.forward(params, x).astype(np.float64)
+            p = np.exp(logits - logits.max(axis=1, keepdims=True))
+            p = (p / p.sum(axis=1, keepdims=True)).mean(axis=0)
+            losses.append(-np.log(p[label]))
+            hits.append(np.argmax(p) == label)
+    assert result["images"] == len(hits) == 18
+    assert result["top1"] == epoch["val_top1"] == pytest.approx(np.mean(hits))
+    assert result["loss"] == pytest.approx(np.mean(losses), rel=1e-4)
+    assert epoch["val_loss"] == pytest.approx(np.mean(losses), rel=1e-4)
 
 
 @pytest.mark.parametrize(
