@@ -18,6 +18,7 @@ import numpy as np
 
 from .errors import AlexcError
 from .ir import Graph, Node, Op
+from .lower import declared_loss, logits_of
 
 
 def available() -> str | None:
@@ -150,8 +151,6 @@ def _flatten(c: _Call, x):
 
 
 def _loss(c: _Call, x):
-    if c.labels is None:
-        raise AlexcError(f"node '{c.node.name}' is a loss: the torch lowering needs labels")
     return c.F.cross_entropy(x, c.labels, label_smoothing=c.attrs["label_smoothing"])
 
 
@@ -167,6 +166,7 @@ RULES: dict[Op, Callable] = {
     Op.LINEAR: lambda c, x: c.F.linear(x[0], c.param("weight"), c.param("bias")),
     Op.SOFTMAX_CROSS_ENTROPY: lambda c, x: _loss(c, x[0]),
     Op.SOFTMAX: lambda c, x: c.F.softmax(x[0], dim=c.attrs["axis"]),
+    Op.LOG_SOFTMAX: lambda c, x: c.F.log_softmax(x[0], dim=c.attrs["axis"]),
     Op.CONCAT: lambda c, x: c.torch.cat(x, dim=c.attrs["axis"]),
     Op.ADD: lambda c, x: x[0] + x[1],
 }
@@ -185,25 +185,34 @@ class TorchProgram:
         import torch.nn.functional as F
 
         self.graph, self.torch, self.F = graph, torch, F
-        self.has_loss = any(n.op is Op.SOFTMAX_CROSS_ENTROPY for n in graph.nodes)
+        self.loss_node = declared_loss(graph)
 
-    def __call__(self, params: Mapping[str, object], x, *, train: bool = False, labels=None):
+    def values(self, params: Mapping[str, object], x, *, train: bool = False, labels=None):
+        """Every node's tensor by name (a loss node's only when `labels` are given)."""
         values = {self.graph.input.name: x}
         for node in self.graph.nodes:
+            if node is self.loss_node and labels is None:
+                continue
             call = _Call(
                 node, self.torch, self.F, params, train, labels, self.graph.shapes[node.name]
             )
             values[node.name] = RULES[node.op](call, [values[i] for i in node.inputs])
-        return values[self.graph.outputs[0]]
+        return values
+
+    def __call__(self, params: Mapping[str, object], x, *, train: bool = False, labels=None):
+        return self.values(params, x, train=train, labels=labels)[self.graph.outputs[0]]
 
     def tensors(self, params: Mapping[str, np.ndarray]) -> dict[str, object]:
         """Copies of NumPy parameters as torch tensors (copies: training updates them)."""
         return {k: self.torch.tensor(np.asarray(v)) for k, v in params.items()}
 
     def loss(self, params, x, labels):
-        """Mean cross-entropy of the logits (or the graph's own loss node) in training mode."""
-        out = self(params, x, train=True, labels=labels)
-        return out if self.has_loss else self.F.cross_entropy(out, labels)
+        """The graph's own loss node in training mode, else the mean cross-entropy of the
+        logits the NumPy executor trains (alexc.lower.logits_of)."""
+        values = self.values(params, x, train=True, labels=labels)
+        if self.loss_node is not None:
+            return values[self.loss_node.name]
+        return self.F.cross_entropy(values[logits_of(self.graph)], labels)
 
 
 class TorchTrainer:

@@ -76,10 +76,10 @@ def check(
     from .compile import compile
     from .onnx_export import DEFAULT_OPSET, export_onnx
 
-    losses = [n.name for n in graph.nodes if RULES[n.op].loss]
+    losses = [n.name for n in graph.nodes if RULES[n.op].loss and n.name in graph.outputs]
     if losses:
         raise AlexcError(
-            f"graph '{graph.name}' has a loss node ('{losses[0]}'); check compares inference graphs"
+            f"graph '{graph.name}' outputs a loss ('{losses[0]}'); check compares inference outputs"
         )
     if not batch_sizes or min(batch_sizes) < 1:
         raise AlexcError(f"batch sizes must be positive integers, got {list(batch_sizes)}")

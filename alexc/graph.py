@@ -139,8 +139,18 @@ def build_graph(
         # The resolved init goes into the node, so a rebuilt graph draws the same parameters.
         built.append(replace(n, attrs=attrs, init=init))
 
+    losses = [n for n in built if RULES[n.op].loss]
+    if len(losses) > 1:
+        raise err(f"a second loss node (the first is '{losses[0].name}'): keep one", losses[1].name)
+    for n in built:
+        read = [i for i in n.inputs if losses and i == losses[0].name]
+        if read:
+            raise err(f"reads the loss '{read[0]}': a loss node ends the graph", n.name)
     if outputs is None:
-        outputs = [built[-1].name] if built else []
+        # A final loss node is what training minimises, not what inference returns: the
+        # graph's output is then the logits the loss reads.
+        last = built[-1] if built else None
+        outputs = [] if last is None else [last.inputs[0] if last in losses else last.name]
     for o in outputs:
         if o not in shapes:
             raise err(f"output '{o}' is not a node of the graph")

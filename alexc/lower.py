@@ -1,8 +1,9 @@
 """Lowering: a Graph to a runtime Plan, with autodiff and liveness-based memory planning.
 
-Passes, in order: (inference) strip dropout; (training) append the loss; lower to forward
-steps; autodiff appends backward steps from the per-op backward rules; liveness assigns every
-activation and gradient an arena slot and says after which step each buffer is dropped.
+Passes, in order: (inference) strip a declared loss node and dropout; (training) append the
+loss (or rename the declared one); lower to forward steps; autodiff appends backward steps from
+the per-op backward rules; liveness assigns every activation and gradient an arena slot and
+says after which step each buffer is dropped.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 from alexc_runtime.kernels import conv as conv_kernel
 from alexc_runtime.plan import Plan, Slot, Step
 
+from .errors import GraphError
 from .graph import rebuild
 from .ir import Graph, Node, Op
 from .ops import RULES
@@ -101,9 +103,31 @@ def strip_dropout(graph: Graph) -> Graph:
     return rebuild(graph, nodes=nodes, outputs=[alias.get(o, o) for o in graph.outputs])
 
 
+def declared_loss(graph: Graph) -> Node | None:
+    """The graph's own loss node (a graph file may end in one), or None."""
+    return next((n for n in graph.nodes if RULES[n.op].loss), None)
+
+
+def strip_loss(graph: Graph) -> Graph:
+    """The graph without its declared loss node; an output that named the loss names the
+    logits it reads."""
+    loss = declared_loss(graph)
+    if loss is None:
+        return graph
+    return rebuild(
+        graph,
+        nodes=[n for n in graph.nodes if n is not loss],
+        outputs=[loss.inputs[0] if o == loss.name else o for o in graph.outputs],
+    )
+
+
 def logits_of(graph: Graph) -> str:
-    """The value the loss reads: the first output, or the input of a (log-)softmax output
-    (imported classifiers often end in one; cross-entropy wants the logits before it)."""
+    """The value the loss reads: the declared loss node's input, else the first output, or the
+    input of a (log-)softmax output (imported classifiers often end in one; cross-entropy
+    wants the logits before it)."""
+    loss = declared_loss(graph)
+    if loss is not None:
+        return loss.inputs[0]
     out = graph.outputs[0]
     node = next((n for n in graph.nodes if n.name == out), None)
     if node is not None and node.op in (Op.SOFTMAX, Op.LOG_SOFTMAX) and node.attrs["axis"] == 1:
@@ -112,16 +136,25 @@ def logits_of(graph: Graph) -> str:
 
 
 def add_loss(graph: Graph, label_smoothing: float = 0.0) -> Graph:
-    """Training pass: mean softmax cross-entropy of the logits against `labels`."""
-    if any(n.op is Op.SOFTMAX_CROSS_ENTROPY for n in graph.nodes):
-        return graph
+    """Training pass: mean softmax cross-entropy of the logits against `labels`, as the node
+    `loss`. A loss node the graph declares is that node, renamed (its label_smoothing wins over
+    the argument, which may only repeat it or be 0)."""
+    declared = declared_loss(graph)
+    if declared is not None:
+        own = declared.attrs["label_smoothing"]
+        if label_smoothing not in (0.0, own):
+            raise GraphError(
+                f"label_smoothing is {own} here but {label_smoothing} in train:; set it once",
+                file=graph.source,
+                line=graph.lines.get(declared.name),
+                node=declared.name,
+            )
+        label_smoothing = own
+    logits = logits_of(graph)
     loss = Node(
-        Op.SOFTMAX_CROSS_ENTROPY,
-        LOSS,
-        (logits_of(graph),),
-        {"label_smoothing": float(label_smoothing)},
+        Op.SOFTMAX_CROSS_ENTROPY, LOSS, (logits,), {"label_smoothing": float(label_smoothing)}
     )
-    return rebuild(graph, nodes=[*graph.nodes, loss], outputs=[LOSS])
+    return rebuild(graph, nodes=[*strip_loss(graph).nodes, loss], outputs=[LOSS])
 
 
 FUSES_RELU = ("conv", "linear")  # kernels that apply max(y, 0) in their last pass on attr relu
@@ -160,7 +193,10 @@ def lower(
 ) -> Plan:
     """A Plan for `batch_size` samples: inference (dropout stripped) or a training step."""
     logits = logits_of(graph)
-    graph = add_loss(graph, label_smoothing) if training else strip_dropout(graph)
+    if training:
+        graph = add_loss(graph, label_smoothing)
+    else:
+        graph = strip_dropout(strip_loss(graph))
     outputs = [*graph.outputs, logits] if training else list(graph.outputs)
     itemsize = np.dtype(dtype).itemsize
     batch_shape = {k: (batch_size, *s) for k, s in graph.shapes.items()}

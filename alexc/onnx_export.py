@@ -3,7 +3,8 @@
 One export rule per op (`EXPORT`, keyed like `alexc.ops.RULES`) emits the ONNX nodes for one IR
 node. Value names are the IR's node names; initializers are the parameters under their own names
 (`conv1.weight`); the batch dimension is the symbol `N`. Inference form: dropout is removed (its
-reader reads its input) and LRN is converted to ONNX's alpha convention.
+reader reads its input), so is a loss node that is not an output, and LRN is converted to
+ONNX's alpha convention.
 
 The opset is pinned (17..21) with the IR version onnxruntime expects for it: onnx itself stamps
 the newest IR version and opset, which onnxruntime refuses.
@@ -441,6 +442,8 @@ def export_onnx(
 
     em = _Emitter(graph, opset, lrn)
     for node in graph.nodes:
+        if RULES[node.op].loss and node.name not in graph.outputs:
+            continue  # what training minimises; inference returns the logits it reads
         EXPORT[node.op](em, node, [em.value(i) for i in node.inputs])
     for out in graph.outputs:
         if em.value(out) != out:  # a removed dropout was an output: keep the output's name

@@ -240,6 +240,17 @@ nodes:
         "convention",
         "relu1",
     ),
+    "second_loss": (
+        TINY + "  - {name: l1, op: softmax_cross_entropy}\n"
+        "  - {name: l2, op: softmax_cross_entropy, inputs: [fc]}\n",
+        "a second loss node (the first is 'l1')",
+        "l2",
+    ),
+    "reads_loss": (
+        TINY + "  - {name: l1, op: softmax_cross_entropy}\n  - {name: after, op: relu}\n",
+        "reads the loss 'l1'",
+        "after",
+    ),
 }
 
 

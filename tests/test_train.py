@@ -293,6 +293,64 @@ def test_init_weights_reinitialises_mismatched_tensors(tiny, folder, tmp_path):
     np.testing.assert_allclose(fine["conv1.weight"], pre["conv1.weight"], atol=1e-6)
 
 
+def test_a_declared_loss_node_is_what_training_minimises_and_inference_leaves_out(
+    tiny, folder, tmp_path, run_cli
+):
+    """A graph file ending in `softmax_cross_entropy` (named anything): training minimises it
+    with its own label smoothing, inference and export return the logits it reads."""
+    plain, _ = tiny
+    path = tmp_path / "xent.yaml"
+    path.write_text(
+        TINY.replace(
+            "units: 7}",
+            "units: 7}\n  - {name: xent, op: softmax_cross_entropy, label_smoothing: 0.2}",
+        )
+    )
+    graph = alexc.load_graph(path)
+    assert graph.outputs == ("fc8",)
+    params = graph.init_params(0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 3, 8, 8)).astype(np.float32)
+    labels = np.array([0, 6, 2, 2, 5])
+    exe = alexc.compile(graph, 5, threads=1)
+    logits = exe.forward(params, x)
+    np.testing.assert_array_equal(logits, alexc.compile(plain, 5, threads=1).forward(params, x))
+    loss, grads = exe.loss_and_grads(params, x, labels, train=False)
+    z = logits.astype(np.float64)
+    log_p = z - z.max(axis=1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+    target = np.full((5, 7), 0.2 / 7)
+    target[np.arange(5), labels] += 0.8
+    assert loss == pytest.approx(-(target * log_p).sum(axis=1).mean(), rel=1e-5)
+    assert set(grads) == set(params)
+
+    run = tmp_path / "run"
+    code, _, err = run_cli("train", path, "--data", folder, "--out", run, "--epochs", "1")
+    assert code == 0, err
+    ckpt = run / "last.safetensors"
+    onnx_path = tmp_path / "xent.onnx"
+    assert run_cli("export", path, "--weights", ckpt, "--onnx", onnx_path)[0] == 0
+    code, _, err = run_cli("check", path, "--weights", ckpt, "--onnx", onnx_path)
+    assert code == 0, err
+    code, out, err = run_cli("eval", path, "--weights", ckpt, "--data", folder, "--json")
+    assert code == 0, err
+    assert json.loads(out)["top1"] == max(
+        json.loads(line).get("val_top1", 0) for line in (run / "metrics.jsonl").open()
+    )
+
+
+def test_a_declared_loss_and_train_label_smoothing_must_agree(folder, tmp_path):
+    path = tmp_path / "xent.yaml"
+    path.write_text(
+        TINY.replace(
+            "units: 7}",
+            "units: 7}\n  - {name: xent, op: softmax_cross_entropy, label_smoothing: 0.2}",
+        ).replace("epochs: 2,", "epochs: 2, label_smoothing: 0.1,")
+    )
+    with pytest.raises(alexc.GraphError, match=r"xent.yaml:12: node 'xent': label_smoothing"):
+        train(alexc.load_graph(path), data=str(folder), out=tmp_path / "run", threads=1)
+
+
 # --- crash safety: SIGKILL at any moment leaves a readable checkpoint ---------------------------
 
 
