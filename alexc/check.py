@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -54,6 +55,24 @@ def compare(actual: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
     return max_abs, max_abs / scale
 
 
+def load_onnx(model: bytes | str | Path, threads: int):
+    """onnxruntime on a model's bytes or file (an OrtPredictor); a file it cannot read or load
+    is an AlexcError naming it."""
+    from alexc_runtime.ort import OrtPredictor
+
+    what = "the ONNX model" if isinstance(model, bytes) else str(model)
+    if not isinstance(model, bytes):
+        try:
+            model = Path(model).read_bytes()
+        except OSError as e:
+            raise AlexcError(f"{what}: cannot read the ONNX file ({e.strerror})") from None
+    try:
+        return OrtPredictor(model, threads)
+    except Exception as e:  # onnxruntime's own exception types
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise AlexcError(f"{what}: onnxruntime cannot load it ({reason})") from None
+
+
 def check(
     graph: Graph,
     params: Mapping[str, np.ndarray],
@@ -64,15 +83,13 @@ def check(
     *,
     opset: int | None = None,
     rtol: float = DEFAULT_RTOL,
-    model: bytes | None = None,
+    model: bytes | str | Path | None = None,
 ) -> list[CheckRow]:
     """Run the NumPy executor and onnxruntime on the same seeded N(0, 1) batches; one row per
     output and batch size. Inputs of batch size b come from ``default_rng([seed, b])``.
 
-    onnxruntime runs `model` (an ONNX file's bytes, e.g. what `alexc export` wrote) when given,
-    else a fresh export of `graph` and `params`."""
-    from alexc_runtime.ort import OrtPredictor
-
+    onnxruntime runs `model` (an ONNX file or its bytes, e.g. what `alexc export` wrote) when
+    given, else a fresh export of `graph` and `params`."""
     from .compile import compile
     from .onnx_export import DEFAULT_OPSET, export_onnx
 
@@ -88,7 +105,7 @@ def check(
         model = export_onnx(
             graph, params, opset=opset or DEFAULT_OPSET, lrn=lrn
         ).SerializeToString()
-    ort = OrtPredictor(model, threads)
+    ort = load_onnx(model, threads)
     if len(ort.output_names) != len(graph.outputs):
         raise AlexcError(
             f"the ONNX model has {len(ort.output_names)} output(s), graph '{graph.name}' has "

@@ -125,16 +125,56 @@ class ExecutorChoice(str, Enum):
 
 
 def _predictor(graph, params, executor: ExecutorChoice, threads: int, batch_size: int):
-    """Either executor behind the common inference interface, `.predict(x)`."""
+    """Either executor behind the common inference interface, `.predict(x)`. onnxruntime runs
+    a fresh export with LRN spelt out in elementary ops, the form it runs fastest."""
     if executor is ExecutorChoice.onnxruntime:
         from alexc_runtime.ort import OrtPredictor
 
         from .onnx_export import export_onnx
 
-        return OrtPredictor(export_onnx(graph, params).SerializeToString(), threads)
+        model = export_onnx(graph, params, lrn="decomposed").SerializeToString()
+        return OrtPredictor(model, threads)
     from .compile import compile
 
     return compile(graph, batch_size, threads=threads).predictor(params)
+
+
+def _onnx_predictor(onnx_file: Path, graph, threads: int):
+    """An ONNX file in onnxruntime, checked to take the graph's input; and its class names
+    (from the file's metadata, else the graph's, else None) and number of classes."""
+    from .check import load_onnx
+
+    predictor = load_onnx(onnx_file, threads)
+    session = predictor.session
+    takes = session.get_inputs()[0].shape[1:]
+    if list(takes) != list(graph.input.shape):
+        raise AlexcError(
+            f"{onnx_file} takes input {takes} per image but {graph.source} takes "
+            f"{list(graph.input.shape)}: give the graph file it was exported from"
+        )
+    classes = session.get_modelmeta().custom_metadata_map.get("classes")
+    classes = json.loads(classes) if classes else graph.classes
+    num_classes = session.get_outputs()[0].shape[-1]
+    return predictor, classes, num_classes if isinstance(num_classes, int) else None
+
+
+def _model(graph_path: Path, weights, onnx_file, executor, threads: int, batch_size: int):
+    """(graph, predictor, class names or None, number of classes, what runs) for eval and
+    infer: a checkpoint in either executor, or an ONNX file in onnxruntime."""
+    if (weights is None) == (onnx_file is None):
+        raise AlexcError("give --weights CKPT or --onnx FILE (one of the two)")
+    if onnx_file is not None:
+        from .frontend import load_graph
+
+        if executor is ExecutorChoice.numpy:
+            raise AlexcError("--onnx runs the file in onnxruntime: leave out --executor numpy")
+        g = load_graph(graph_path)
+        predictor, classes, num_classes = _onnx_predictor(onnx_file, g, threads)
+        return g, predictor, classes, num_classes, str(onnx_file)
+    executor = executor or ExecutorChoice.numpy
+    g, params = _weights_graph(graph_path, weights)
+    predictor = _predictor(g, params, executor, threads, batch_size)
+    return g, predictor, g.classes, g.shapes[g.outputs[0]][0], str(weights)
 
 
 def _weights_graph(graph_path: Path, weights: Path):
@@ -145,13 +185,25 @@ def _weights_graph(graph_path: Path, weights: Path):
     return load_for_graph(weights, load_graph(graph_path))
 
 
-WeightsOpt = typer.Option(..., "--weights", "-w", help="checkpoint or weights (.safetensors)")
+WeightsOpt = typer.Option(
+    None, "--weights", "-w", help="checkpoint or weights (.safetensors), or give --onnx"
+)
+OnnxOpt = typer.Option(
+    None, "--onnx", help="an ONNX file (from alexc export) to run in onnxruntime instead"
+)
+ExecutorOpt = typer.Option(
+    None,
+    "--executor",
+    "-e",
+    help="what runs --weights: numpy [default], or onnxruntime on a fresh export (LRN decomposed)",
+)
 
 
 @app.command("eval")
 def evaluate(
     graph: Path = GraphArg,
     weights: Path = WeightsOpt,
+    onnx_file: Path = OnnxOpt,
     data: str = typer.Option("fashion-mnist", "--data", "-d", help="as for alexc train"),
     split: str = typer.Option("test", "--split", help="val or test"),
     batch_size: int = typer.Option(256, "--batch-size", "-b", min=1),
@@ -159,10 +211,10 @@ def evaluate(
     ten_crop: bool = typer.Option(
         False, "--ten-crop", help="average 10 crops (corners, centre, and their mirrors) per image"
     ),
-    executor: ExecutorChoice = typer.Option(ExecutorChoice.numpy, "--executor", "-e"),
+    executor: ExecutorChoice = ExecutorOpt,
     as_json: bool = typer.Option(False, "--json", help="print {top1, top5, loss, images}"),
 ):
-    """Top-1 and top-5 accuracy of trained weights on a data set."""
+    """Top-1 and top-5 accuracy of trained weights (or an exported ONNX file) on a data set."""
     from dataclasses import replace
 
     from .data import Augment, Loader, open_source
@@ -170,20 +222,20 @@ def evaluate(
 
     if split not in ("val", "test"):
         raise AlexcError(f"--split must be val or test, not {split!r}")
-    g, params = _weights_graph(graph, weights)
+    g, predictor, _, num_classes, model = _model(
+        graph, weights, onnx_file, executor, threads, batch_size
+    )
     source = open_source(data, split=split, channels=g.input.shape[0])
-    if len(source.classes) != g.shapes[g.outputs[0]][0]:
+    if num_classes is not None and len(source.classes) != num_classes:
         raise AlexcError(
-            f"{data} has {len(source.classes)} classes but the weights in {weights} "
-            f"predict {g.shapes[g.outputs[0]][0]}"
+            f"{data} has {len(source.classes)} classes but {model} predicts {num_classes}"
         )
     augment = Augment.from_config(g.data, g.input.shape)
     if ten_crop:
         augment = replace(augment, ten_crop=True)
-    predictor = _predictor(g, params, executor, threads, batch_size)
     with Loader(source, augment, batch_size=batch_size, train=False, seed=0) as loader:
         result = run_eval(predictor, loader, crops=augment.crops_per_image(train=False))
-    result["executor"] = executor.value
+    result["executor"] = predictor.name
     if as_json:
         print(json.dumps(result))
     else:
@@ -200,7 +252,8 @@ def infer(
     graph: Path = GraphArg,
     images: list[Path] = typer.Argument(..., help="image files"),
     weights: Path = WeightsOpt,
-    executor: ExecutorChoice = typer.Option(ExecutorChoice.numpy, "--executor", "-e"),
+    onnx_file: Path = OnnxOpt,
+    executor: ExecutorChoice = ExecutorOpt,
     top: int = typer.Option(5, "--top", min=1, help="how many classes to show per image"),
     threads: int = ThreadsOpt,
     as_json: bool = typer.Option(False, "--json", help="print a JSON list, one entry per image"),
@@ -209,14 +262,11 @@ def infer(
     from .data import Augment, FolderSource, Loader
     from .train import log_softmax
 
-    g, params = _weights_graph(graph, weights)
-    classes = list(g.classes or [str(i) for i in range(g.shapes[g.outputs[0]][0])])
+    g, predictor, classes, _, _ = _model(graph, weights, onnx_file, executor, threads, len(images))
     for path in images:
         if not path.is_file():
             raise AlexcError(f"{path}: no such image file")
-    source = FolderSource(
-        images, np.zeros(len(images), np.int64), classes, channels=g.input.shape[0]
-    )
+    source = FolderSource(images, np.zeros(len(images), np.int64), [], channels=g.input.shape[0])
     augment = Augment.from_config(g.data, g.input.shape)
     with Loader(source, augment, batch_size=len(images), train=False, seed=0) as loader:
         batches = list(loader)
@@ -225,7 +275,8 @@ def infer(
             f"no readable image among {len(images)}: {source.skipped[0][0]}: {source.skipped[0][1]}"
         )
     x = np.concatenate([b[0] for b in batches])
-    probs = np.exp(log_softmax(_predictor(g, params, executor, threads, len(x)).predict(x)))
+    probs = np.exp(log_softmax(predictor.predict(x)))
+    classes = list(classes or [str(i) for i in range(probs.shape[1])])
     skipped = {path for path, _ in source.skipped}
     readable = [p for p in images if str(p) not in skipped]
     results = []

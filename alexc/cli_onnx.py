@@ -103,12 +103,6 @@ def check_cmd(
     from .check import check
 
     g, params, source = _graph_and_params(graph, weights, seed)
-    model = None
-    if onnx_file is not None:
-        try:
-            model = onnx_file.read_bytes()
-        except OSError as e:
-            raise AlexcError(f"{onnx_file}: cannot read the ONNX file ({e.strerror})") from None
     rows = check(
         g,
         params,
@@ -118,7 +112,7 @@ def check_cmd(
         lrn.value,
         opset=opset,
         rtol=rtol,
-        model=model,
+        model=onnx_file,
     )
     table = Table(title=f"{g.name}: onnxruntime vs NumPy executor (parameters from {source})")
     for column in ("batch", "output", "shape", "max abs error", "max rel error", "result"):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on a fresh Debian machine: install alexc and the Fashion-MNIST package, train
 # the mini AlexNet on the real data, export the weights to ONNX, and cross-check the ONNX file
-# in onnxruntime against alexc's own executor (outputs and test-set accuracy).
+# in onnxruntime against alexc's own executor (outputs), and score that file on the test set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/mini}
@@ -22,5 +22,5 @@ fi
 alexc train graphs/alexnet-mini.yaml --out "$RUN" $TRAIN_ARGS
 alexc export graphs/alexnet-mini.yaml --weights "$RUN/best.safetensors" --onnx "$RUN/alexnet-mini.onnx"
 alexc check graphs/alexnet-mini.yaml --weights "$RUN/best.safetensors" --onnx "$RUN/alexnet-mini.onnx"
-alexc eval graphs/alexnet-mini.yaml --weights "$RUN/best.safetensors" --executor onnxruntime
+alexc eval graphs/alexnet-mini.yaml --onnx "$RUN/alexnet-mini.onnx"
 alexc plot "$RUN"

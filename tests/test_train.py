@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnx.numpy_helper
 import pytest
 from conftest import ROOT, color_folder
 from PIL import Image
@@ -494,14 +496,23 @@ def test_ten_crop_trains_and_evaluates_the_mean_softmax_of_ten_crops(tmp_path, r
     "args,message",
     [
         (["--weights", "missing.safetensors"], "no such weights file"),
-        (["--data", "/nonexistent/folder"], "nonexistent"),
+        (["--weights", "w.safetensors", "--data", "/nonexistent/folder"], "nonexistent"),
+        ([], "give --weights CKPT or --onnx FILE"),
+        (["--weights", "w.safetensors", "--onnx", "w.onnx"], "give --weights CKPT or --onnx"),
+        (["--onnx", "missing.onnx"], "missing.onnx: cannot read the ONNX file"),
+        (["--onnx", "w.safetensors"], "w.safetensors: onnxruntime cannot load it"),
+        (["--onnx", "w.onnx", "-e", "numpy"], "leave out --executor numpy"),
+        (["--onnx", "other.onnx"], "other.onnx takes input [1, 8, 8] per image but"),
     ],
 )
-def test_eval_bad_input(tiny, folder, run_cli, args, message, tmp_path):
-    _, graph_path = tiny
-    base = ["eval", graph_path, "--data", folder, "--weights", tmp_path / "w.safetensors"]
-    save_checkpoint(tmp_path / "w.safetensors", alexc.load_graph(graph_path).init_params(0))
-    code, _, err = run_cli(*base, *args)
+def test_eval_bad_input(tiny, folder, run_cli, args, message, tmp_path, monkeypatch):
+    graph, graph_path = tiny
+    monkeypatch.chdir(tmp_path)
+    save_checkpoint("w.safetensors", graph.init_params(0))
+    alexc.export_onnx(graph, graph.init_params(0), "w.onnx")
+    other = alexc.parse_graph(TINY.replace("shape: [3, 8, 8]", "shape: [1, 8, 8]"))
+    alexc.export_onnx(other, other.init_params(0), "other.onnx")
+    code, _, err = run_cli("eval", graph_path, "--data", folder, *args)
     assert code == 1 and message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
 
@@ -540,11 +551,48 @@ def test_eval_with_onnxruntime_and_check_of_an_exported_file(tiny, folder, tmp_p
         results[executor] = json.loads(out)
     assert results["numpy"]["top1"] == results["onnxruntime"]["top1"]
     assert results["numpy"]["loss"] == pytest.approx(results["onnxruntime"]["loss"], rel=1e-4)
+    # eval and infer --onnx run that very file in onnxruntime: alexc's numbers, and a file
+    # whose fc8 bias favours class 0 by far scores exactly that class's share of the images.
+    code, out, err = run_cli("eval", graph_path, "--onnx", onnx_path, "--data", folder, "--json")
+    assert code == 0, err
+    from_file = json.loads(out)
+    assert from_file["executor"] == "onnxruntime" and from_file["images"] == 6
+    assert from_file["top1"] == results["numpy"]["top1"]
+    assert from_file["loss"] == pytest.approx(results["numpy"]["loss"], rel=1e-4)
+    model = onnx.load(onnx_path)
+    (bias,) = [t for t in model.graph.initializer if t.name == "fc8.bias"]
+    bias.CopyFrom(onnx.numpy_helper.from_array(np.array([100, 0, 0], np.float32), "fc8.bias"))
+    onnx.save(model, tmp_path / "biased.onnx")
+    code, out, err = run_cli(
+        "eval", graph_path, "--onnx", tmp_path / "biased.onnx", "--data", folder, "--json"
+    )
+    assert code == 0, err
+    assert json.loads(out)["top1"] == pytest.approx(1 / 3)  # 2 of the 6 are class 0
+    image = next((folder / "red").iterdir())
+    predictions = []
+    for model_args in (["--weights", ckpt], ["--onnx", onnx_path]):
+        code, out, err = run_cli("infer", graph_path, image, *model_args, "--json")
+        assert code == 0, err
+        predictions.append(json.loads(out)[0]["top"])
+    assert [t["class"] for t in predictions[0]] == [t["class"] for t in predictions[1]]
+    np.testing.assert_allclose(
+        [t["probability"] for t in predictions[0]],
+        [t["probability"] for t in predictions[1]],
+        rtol=1e-4,
+    )
     # A file of another graph is refused with one line.
     other = tmp_path / "other.yaml"
     other.write_text(TINY.replace("units: 16", "units: 12"))
     code, _, err = run_cli("check", other, "--weights", ckpt, "--onnx", onnx_path)
     assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_the_onnxruntime_executor_runs_the_decomposed_lrn_form(tiny):
+    from alexc.cli import ExecutorChoice, _predictor
+
+    graph, _ = tiny
+    predictor = _predictor(graph, graph.init_params(0), ExecutorChoice.onnxruntime, 1, 2)
+    assert predictor.session.get_modelmeta().custom_metadata_map["lrn"] == "decomposed"
 
 
 @pytest.mark.skipif(
