@@ -337,10 +337,16 @@ def main() -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as e:
-        # Usage errors of typer's (vendored) click: printed the way click prints them.
-        if hasattr(e, "show") and hasattr(e, "exit_code"):
+        # typer's (or, in older typer, click's) exceptions, recognised by shape: their classes
+        # moved between versions. `alexc` alone prints the help (exit code 2, as click does).
+        if type(e).__name__ == "NoArgsIsHelpError":
             e.show()
             sys.exit(e.exit_code)
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            print(f"error: {e.format_message()}{hint}", file=sys.stderr)
+            sys.exit(1)
         if type(e).__name__ == "Abort":
             sys.exit(1)
         raise

@@ -517,6 +517,23 @@ def test_eval_bad_input(tiny, folder, run_cli, args, message, tmp_path, monkeypa
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "g.yaml", "--epochs", "0"], "Invalid value for '--epochs'"),
+        (["train"], "Missing argument 'graph'"),
+        (["train", "g.yaml", "--nope"], "No such option: --nope"),
+        (["eval", "g.yaml", "-e", "tensorflow"], "'tensorflow' is not one of"),
+        (["bogus"], "No such command 'bogus'"),
+    ],
+)
+def test_usage_errors_are_one_line_with_exit_code_1(run_cli, args, message):
+    code, out, err = run_cli(*args)
+    assert code == 1 and out == ""
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: ") and message in line and "--help" in line
+
+
 def test_eval_with_onnxruntime_and_check_of_an_exported_file(tiny, folder, tmp_path, run_cli):
     """The exported ONNX file gives alexc's accuracy and outputs: the train -> export -> ORT
     path of the main job."""
