@@ -2,8 +2,9 @@
 
 Passes, in order: (inference) strip a declared loss node and dropout; (training) append the
 loss (or rename the declared one); lower to forward steps; autodiff appends backward steps from
-the per-op backward rules; liveness assigns every activation and gradient an arena slot and
-says after which step each buffer is dropped.
+the per-op backward rules; liveness says after which step each activation and gradient is
+dropped (the executor drops it there) and plans arena offsets (which the executor does not use
+yet).
 """
 
 from __future__ import annotations

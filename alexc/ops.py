@@ -1,6 +1,8 @@
 """Op rules, side by side in one table keyed by op: attribute schema, shape inference,
-parameter shapes and FLOPs. The runtime's kernels (forward and backward) and the ONNX export
-mapping are tables keyed by the same ops; `tests/test_ops.py` checks every op has every rule.
+parameter shapes and FLOPs. The runtime's kernels (forward and backward), the memory rules of
+lowering, the ONNX export mapping and the torch lowering are tables keyed by the same ops;
+tests check that every op has a rule in each (tests/test_graph.py, test_kernels.py,
+test_onnx_export.py, test_bench.py).
 
 Shapes are per sample (no batch dimension). Shape rules raise ShapeError with a message that
 says what is wrong; the graph builder adds the file, line and node.

@@ -3,9 +3,12 @@
 Invariants the compiler guarantees (and tests check):
 - forward steps are in topological order; backward steps in reverse, each after every step that
   produces a gradient it reads;
-- every buffer an activation or gradient lives in has an arena slot, and no two buffers whose
-  lifetimes overlap share bytes of the arena;
-- `free_after` on a step lists the buffers whose last reader is that step.
+- every activation and gradient has a Slot: its size and the steps it lives between (a forward
+  value a backward rule keeps lives until that backward step);
+- `free_after` on a step lists the buffers whose life ends there.
+
+The executor allocates each buffer with NumPy and drops it at `free_after`; the arena offsets
+in the Slots (`offset`, `arena_bytes`) are planned but not used yet.
 """
 
 from __future__ import annotations
