@@ -275,7 +275,9 @@ def infer(
             f"no readable image among {len(images)}: {source.skipped[0][0]}: {source.skipped[0][1]}"
         )
     x = np.concatenate([b[0] for b in batches])
+    crops = augment.crops_per_image(train=False)  # data: {ten_crop: true} averages ten
     probs = np.exp(log_softmax(predictor.predict(x)))
+    probs = probs.reshape(len(probs) // crops, crops, -1).mean(axis=1)
     classes = list(classes or [str(i) for i in range(probs.shape[1])])
     skipped = {path for path, _ in source.skipped}
     readable = [p for p in images if str(p) not in skipped]

@@ -480,7 +480,7 @@ def test_ten_crop_trains_and_evaluates_the_mean_softmax_of_ten_crops(tmp_path, r
 
     graph, params = load_for_graph(ckpt, alexc.load_graph(graph_path))
     exe = alexc.compile(graph, 10, threads=1)
-    losses, hits = [], []
+    losses, hits, probabilities = [], [], {}
     for label, name in enumerate(graph.classes):
         for path in sorted((data / "val" / name).iterdir()):
             crops = _ten_crops(np.asarray(Image.open(path)), 8)
@@ -490,10 +490,20 @@ def test_ten_crop_trains_and_evaluates_the_mean_softmax_of_ten_crops(tmp_path, r
             p = (p / p.sum(axis=1, keepdims=True)).mean(axis=0)
             losses.append(-np.log(p[label]))
             hits.append(np.argmax(p) == label)
+            probabilities[path] = p
     assert result["images"] == len(hits) == 18
     assert result["top1"] == epoch["val_top1"] == pytest.approx(np.mean(hits))
     assert result["loss"] == pytest.approx(np.mean(losses), rel=1e-4)
     assert epoch["val_loss"] == pytest.approx(np.mean(losses), rel=1e-4)
+    # `alexc infer` gives each image the same mean over its ten crops.
+    images = list(probabilities)[::5]
+    code, out, err = run_cli(
+        "infer", graph_path, "--weights", ckpt, *images, "--top", "3", "--json"
+    )
+    assert code == 0, err
+    for path, prediction in zip(images, json.loads(out), strict=True):
+        got = {t["index"]: t["probability"] for t in prediction["top"]}
+        np.testing.assert_allclose([got[k] for k in range(3)], probabilities[path], rtol=1e-4)
 
 
 @pytest.mark.parametrize(
