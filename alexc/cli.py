@@ -195,7 +195,7 @@ ExecutorOpt = typer.Option(
     None,
     "--executor",
     "-e",
-    help="what runs --weights: numpy [default], or onnxruntime on a fresh export (LRN decomposed)",
+    help="what runs --weights: numpy (default), or onnxruntime on a fresh export, LRN decomposed",
 )
 
 
