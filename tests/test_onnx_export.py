@@ -610,3 +610,10 @@ def test_cli_check_passes_and_fails_on_tolerance():
     assert "fc8" in result.stdout and "ok" in result.stdout
     result = alexc_cli("check", GRAPHS / "alexnet-mini.yaml", "-b", "2", "--rtol", "0")
     assert_one_line_error(result, "exceed rtol 0")
+
+
+def test_cli_check_of_a_file_onnxruntime_cannot_load(tmp_path):
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model")
+    result = alexc_cli("check", GRAPHS / "alexnet-mini.yaml", "--onnx", garbage)
+    assert_one_line_error(result, str(garbage), "onnxruntime cannot load it")
