@@ -14,14 +14,17 @@ import math
 import signal
 import threading
 import time
+import zlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from alexc_runtime.sample_rng import SampleRng
 
 from .checkpoint import check_params, read_checkpoint, save_checkpoint
 from .compile import compile
+from .distributed import Single, batch_share, process_ranks
 from .errors import AlexcError, CheckpointError
 from .graph import with_classes
 from .ir import Graph, init_param
@@ -96,9 +99,11 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def evaluate(predictor, loader, crops: int = 1, limit_batches: int | None = None) -> dict:
+def evaluate(
+    predictor, loader, crops: int = 1, limit_batches: int | None = None, ranks: Single = Single()
+) -> dict:
     """Top-1, top-5 and mean loss of a predictor (either executor's `.predict(x)`) over every
-    batch of `loader`.
+    batch of `loader` (under MPI: of every rank's share of them, the counts summed).
 
     With `crops` > 1 the loader yields that many crops per image, in consecutive rows, and
     the prediction is the mean of their softmax (the paper's 10-crop evaluation)."""
@@ -115,6 +120,8 @@ def evaluate(predictor, loader, crops: int = 1, limit_batches: int | None = None
         correct1 += topk_correct(logits, y, 1)
         correct5 += topk_correct(logits, y, 5)
         n += len(y)
+    correct1, correct5, loss_sum, n = ranks.sum([correct1, correct5, loss_sum, n])
+    n = int(n)
     if n == 0:
         raise AlexcError("the validation set is empty")
     return {"top1": correct1 / n, "top5": correct5 / n, "loss": loss_sum / n, "images": n}
@@ -137,8 +144,11 @@ def training_data(graph: Graph, data: str, seed: int):
     return source, graph, Augment.from_config(graph.data, graph.input.shape)
 
 
-def training_loader(source, augment, batch_size: int, seed: int, workers: int, epoch=0, start=0):
-    """The loader of one training epoch (shuffled, augmented, prefetched by `workers` threads)."""
+def training_loader(
+    source, augment, batch_size: int, seed: int, workers: int, epoch=0, start=0, part=(0, 1)
+):
+    """The loader of one training epoch (shuffled, augmented, prefetched by `workers` threads;
+    `part`: this rank's share of each batch)."""
     from .data import Loader
 
     return Loader(
@@ -150,6 +160,7 @@ def training_loader(source, augment, batch_size: int, seed: int, workers: int, e
         epoch=epoch,
         start_batch=start,
         workers=workers,
+        part=part,
     )
 
 
@@ -206,18 +217,30 @@ def train(
     workers: int = 2,
     limit_batches: int | None = None,
     console=None,
+    ranks: Single | None = None,
 ) -> dict:
     """Train `graph` and return the final metrics; see `alexc train --help` for the options.
 
     Writes RUN_DIR/metrics.jsonl, RUN_DIR/last.safetensors (every `checkpoint_every` steps and
-    each epoch) and RUN_DIR/best.safetensors (best validation top-1)."""
+    each epoch) and RUN_DIR/best.safetensors (best validation top-1). Under MPI (`ranks`,
+    default: this process's), each rank trains on its share of every batch and rank 0 alone
+    writes files and prints."""
     from .data import Loader, open_source
 
+    ranks = ranks or process_ranks()
     say = console.print if console is not None else print
+    if not ranks.lead:
+        console, say = None, _silent
     recipe = Recipe.from_graph(graph, epochs=epochs, batch_size=batch_size, lr=lr)
+    if recipe.batch_size < ranks.size:
+        raise AlexcError(
+            f"train: the batch size ({recipe.batch_size}) is smaller than the number of ranks "
+            f"({ranks.size}): every rank needs at least one image of each batch"
+        )
     out = Path(out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        if ranks.lead:
+            out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise AlexcError(f"{out}: cannot create the run directory ({e.strerror})") from None
 
@@ -226,6 +249,10 @@ def train(
         seed = resumed[2].get("seed", seed)  # the data split and order depend on it
     train_src, graph, augment = training_data(graph, data, seed)
     val_src = open_source(data, split="val", channels=graph.input.shape[0], seed=seed)
+    ranks.check_same(
+        _run_settings(graph, data, train_src, recipe, seed, resume, init_weights)
+        | {"checkpoint_every": checkpoint_every, "limit_batches": limit_batches}
+    )
 
     state = RunState()
     momentum = None
@@ -250,7 +277,8 @@ def train(
     executor = compile(
         graph, recipe.batch_size, threads=threads, seed=seed, label_smoothing=recipe.label_smoothing
     )
-    log = MetricsLog(out / "metrics.jsonl")
+    log = MetricsLog(out / "metrics.jsonl") if ranks.lead else _NoLog()
+    averager = ranks.averager()
     log.write(
         event="start",
         graph=graph.name,
@@ -291,7 +319,8 @@ def train(
             "input_shape": list(graph.input.shape),
             "data": dict(graph.data),
         }
-        save_checkpoint(path, params, momentum=sgd.buffers, meta=meta)
+        if ranks.lead:
+            save_checkpoint(path, params, momentum=sgd.buffers, meta=meta)
 
     final = {}
     started = time.perf_counter()
@@ -302,7 +331,7 @@ def train(
             epoch = state.epoch
             lr_now = schedule.lr(epoch)
             loader = training_loader(
-                train_src, augment, recipe.batch_size, seed, workers, epoch, state.batch
+                train_src, augment, recipe.batch_size, seed, workers, epoch, state.batch, ranks.part
             )
             total = loader.batches_per_epoch
             if limit_batches is not None:
@@ -317,9 +346,9 @@ def train(
                 for x, y in loader:
                     if state.batch >= total:
                         break
-                    rng = np.random.default_rng([seed, state.step])
-                    with np.errstate(over="ignore", invalid="ignore"):  # divergence: below
-                        loss, logits, grads = executor.train_step(params, x, y, train=True, rng=rng)
+                    loss, global_correct, global_n, grads = _train_step(
+                        executor, params, x, y, seed, state.step, recipe.batch_size, ranks, averager
+                    )
                     if not math.isfinite(loss):
                         raise diverged(f"the loss became {loss}")
                     updating = True  # an interrupt now would leave a half-applied update
@@ -327,9 +356,9 @@ def train(
                     state.step += 1
                     state.batch += 1
                     updating = False
-                    seen += len(y)
-                    loss_sum += loss * len(y)
-                    correct += topk_correct(logits, y, 1)
+                    seen += global_n
+                    loss_sum += loss * global_n
+                    correct += global_correct
                     elapsed = time.perf_counter() - t0
                     bar(
                         loss=loss_sum / seen,
@@ -357,9 +386,12 @@ def train(
                 train=False,
                 seed=seed,
                 workers=workers,
+                part=ranks.part,
             )
             with val_loader:
-                val = evaluate(executor.predictor(params), val_loader, limit_batches=limit_batches)
+                predictor = executor.predictor(params)
+                val = evaluate(predictor, val_loader, limit_batches=limit_batches, ranks=ranks)
+            ranks.check_identical(params, state.step)
             schedule.end_epoch(val["top1"])
             state.epoch += 1
             state.batch = 0
@@ -405,7 +437,65 @@ def train(
         sigint.restore()
         log.close()
         executor.close()
+        if averager is not None:
+            averager.close()
     return final | {"run_dir": str(out), "seconds": time.perf_counter() - started}
+
+
+def _train_step(executor, params, x, y, seed: int, step: int, batch_size: int, ranks, averager):
+    """Forward and backward of this rank's share (x, y) of global batch `step`: (the global
+    batch's mean loss, its top-1 hits, its images, the gradients of its mean loss).
+
+    Dropout masks are keyed by (seed, step, row of the global batch), so any number of ranks
+    draws the masks of a single process."""
+    n = int(ranks.sum([len(y)])[0])  # less than batch_size if images failed to decode
+    rng = SampleRng([seed, step], first_sample=batch_share(batch_size, *ranks.part).start)
+    if averager is not None:
+        averager.start_step()
+    with np.errstate(over="ignore", invalid="ignore"):  # divergence: the caller checks
+        loss, logits, grads = executor.train_step(
+            params,
+            x,
+            y,
+            train=True,
+            rng=rng,
+            loss_scale=len(y) / n,
+            on_grad=averager.add if averager is not None else None,
+        )
+    correct = topk_correct(logits, y, 1)
+    if averager is None:
+        return loss, correct, n, grads
+    grads = averager.finish()
+    loss_sum, correct = ranks.sum([loss * len(y), correct])
+    return loss_sum / n, int(correct), n, grads
+
+
+def _run_settings(graph, data, source, recipe, seed, resume, init_weights) -> dict:
+    """What every rank of one run must agree on (threads and workers may differ per rank)."""
+    return {
+        "graph": graph.fingerprint(),
+        "data section": dict(graph.data),
+        "data": str(data),
+        "images": [len(source), zlib.crc32(np.ascontiguousarray(source.labels).view(np.uint8))],
+        "recipe": asdict(recipe),
+        "seed": seed,
+        "resume": str(resume),
+        "init_weights": str(init_weights),
+    }
+
+
+def _silent(*args, **kwargs) -> None:
+    """`say` on ranks other than 0."""
+
+
+class _NoLog:
+    """The metrics log of ranks other than 0."""
+
+    def write(self, **record):
+        pass
+
+    def close(self):
+        pass
 
 
 class _DeferredInterrupt:
