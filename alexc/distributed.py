@@ -276,27 +276,34 @@ def _launcher() -> Path | None:
     return None
 
 
-def launch_command(count: int, argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
-    """The command and environment that run `alexc ARGV` as `count` local ranks."""
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: sys.modules holds None for it
+        return False
+
+
+def launch_command(count: int, program: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The command and environment that run `program` (a command line) as `count` local
+    ranks."""
     launcher = _launcher()
-    if importlib.util.find_spec("mpi4py") is None or launcher is None:
+    if not _importable("mpi4py") or launcher is None:
         raise AlexcError(f"--ranks needs mpi4py and an MPI launcher (mpirun); {INSTALL}")
     version = subprocess.run(
         [str(launcher), "--version"], capture_output=True, text=True, check=False
     ).stdout
     command, env = [str(launcher), "-n", str(count)], dict(os.environ)
     if "Open MPI" in version:
-        # Open MPI refuses more ranks than cores, and root, unless told; --quiet keeps its
-        # multi-line notices to the line that names a failed rank.
-        command += ["--oversubscribe", "--quiet"]
+        # Open MPI refuses more ranks than cores, and root, unless told.
+        command += ["--oversubscribe"]
         if os.geteuid() == 0:
             env |= {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
-    return [*command, sys.executable, "-m", "alexc", *argv], env
+    return [*command, *program], env
 
 
 def launch(count: int, argv: Sequence[str]) -> int:
     """Run `alexc ARGV` as `count` ranks on this machine; the launcher's exit code."""
-    command, env = launch_command(count, argv)
+    command, env = launch_command(count, [sys.executable, "-m", "alexc", *argv])
     try:
         return subprocess.run(command, env=env, check=False).returncode
     except KeyboardInterrupt:  # the launcher got the Ctrl-C too and stops the ranks
