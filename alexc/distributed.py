@@ -20,6 +20,7 @@ import json
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -71,6 +72,7 @@ class Single:
     """One process: the whole batch, nothing to communicate."""
 
     rank, size = 0, 1
+    stop_signals = (signal.SIGINT,)  # ask training to stop after the current step, and save
 
     @property
     def lead(self) -> bool:
@@ -85,6 +87,10 @@ class Single:
         """The element-wise sum of `values` over the ranks (float64)."""
         return np.array(values, dtype=np.float64)
 
+    def any(self, flag: bool) -> bool:
+        """Whether `flag` is true on some rank."""
+        return bool(self.sum([flag])[0])
+
     def check_same(self, settings: Mapping[str, object]) -> None:
         """Refuse to start when ranks were launched with different settings."""
 
@@ -97,6 +103,10 @@ class Single:
 
 class Ranks(Single):
     """One rank of an MPI job of `comm.size` processes."""
+
+    # MPI launchers forward SIGUSR1 to every rank (`launch` turns a Ctrl-C into it); SIGINT
+    # reaches a rank only when sent to it.
+    stop_signals = (signal.SIGINT, signal.SIGUSR1)
 
     def __init__(self, comm):
         self.comm = comm
@@ -302,9 +312,17 @@ def launch_command(count: int, program: Sequence[str]) -> tuple[list[str], dict[
 
 
 def launch(count: int, argv: Sequence[str]) -> int:
-    """Run `alexc ARGV` as `count` ranks on this machine; the launcher's exit code."""
+    """Run `alexc ARGV` as `count` ranks on this machine; the launcher's exit code.
+
+    The launcher runs in its own session, so a Ctrl-C reaches this process alone: the first
+    becomes a SIGUSR1 to the launcher, which forwards it to every rank (they stop after the
+    same step and save, as a single run does); a second one stops the launcher at once."""
     command, env = launch_command(count, [sys.executable, "-m", "alexc", *argv])
-    try:
-        return subprocess.run(command, env=env, check=False).returncode
-    except KeyboardInterrupt:  # the launcher got the Ctrl-C too and stops the ranks
-        return 130
+    launcher = subprocess.Popen(command, env=env, start_new_session=True)
+    forward = signal.SIGUSR1
+    while True:
+        try:
+            return launcher.wait()
+        except KeyboardInterrupt:
+            launcher.send_signal(forward)
+            forward = signal.SIGINT

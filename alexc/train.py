@@ -325,7 +325,7 @@ def train(
     final = {}
     started = time.perf_counter()
     updating = False
-    sigint = _DeferredInterrupt()
+    sigint = _DeferredInterrupt(ranks.stop_signals)
     try:
         while state.epoch < recipe.epochs:
             epoch = state.epoch
@@ -376,7 +376,7 @@ def train(
                             loss=loss,
                             images_per_s=seen / max(elapsed, 1e-9),
                         )
-                    if sigint.requested:
+                    if ranks.any(sigint.requested):  # every rank stops after the same step
                         raise KeyboardInterrupt
             train_time = time.perf_counter() - t0
             val_loader = Loader(
@@ -499,14 +499,15 @@ class _NoLog:
 
 
 class _DeferredInterrupt:
-    """The first Ctrl-C asks the loop to stop after the current step (which then saves); a
-    second one interrupts at once. Only the main thread can install signal handlers."""
+    """The first Ctrl-C (or another of `signals`) asks the loop to stop after the current step
+    (which then saves); a second one interrupts at once. Only the main thread can install
+    signal handlers."""
 
-    def __init__(self):
+    def __init__(self, signals=(signal.SIGINT,)):
         self.requested = False
-        self.previous = None
+        self.previous = {}
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous = {s: signal.signal(s, self._handle) for s in signals}
 
     def _handle(self, signum, frame):
         if self.requested:
@@ -514,8 +515,8 @@ class _DeferredInterrupt:
         self.requested = True
 
     def restore(self):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for s, previous in self.previous.items():
+            signal.signal(s, previous)
 
 
 class _progress:

@@ -380,3 +380,39 @@ def test_eval_over_two_ranks_counts_every_image_once(mpi, tiny, idx, tmp_path):
     assert a["images"] == b["images"] == 100
     assert (a["top1"], a["top5"]) == (b["top1"], b["top5"])
     assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)
+
+
+def test_ctrl_c_on_the_launcher_saves_and_the_run_resumes(mpi, tiny, tmp_path):
+    data = write_idx(tmp_path / "big", 4000, 12)
+    common = ["--data", data, "--threads", "1", "-o", tmp_path / "r", "--epochs", "1"]
+    proc = subprocess.Popen(
+        alexc_cmd("train", tiny, *common, "--checkpoint-every", "5", ranks=2),
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: what a terminal's Ctrl-C signals
+    )
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "r" / "last.safetensors").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert out.count("interrupted: saved") == 1, out
+    step = read_checkpoint(tmp_path / "r" / "last.safetensors")[2]["step"]
+    log = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").open()]
+    assert log[-1] == {"event": "interrupted", "epoch": 1, "step": step}
+    resumed = run(alexc_cmd("train", tiny, *common, "--resume", tmp_path / "r/last.safetensors"))
+    assert resumed.returncode == 0, resumed.stderr
+
+
+def test_three_ranks_split_an_uneven_batch_as_one_process_does(mpi, tiny, idx, tmp_path):
+    """Batch 10 over 3 ranks: 4 + 3 + 3 rows."""
+    common = ["--data", idx, "--threads", "1", "--limit-batches", "6", "--epochs", "1"]
+    one = run(alexc_cmd("train", tiny, *common, "-o", tmp_path / "one"))
+    three = run(alexc_cmd("train", tiny, *common, "-o", tmp_path / "three", ranks=3))
+    assert one.returncode == 0 and three.returncode == 0, three.stderr
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "three")
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=1e-6, err_msg=key)
