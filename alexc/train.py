@@ -346,7 +346,7 @@ def train(
                 for x, y in loader:
                     if state.batch >= total:
                         break
-                    loss, global_correct, global_n, grads = _train_step(
+                    loss, global_correct, global_n, grads = rank_step(
                         executor, params, x, y, seed, state.step, recipe.batch_size, ranks, averager
                     )
                     if not math.isfinite(loss):
@@ -442,7 +442,7 @@ def train(
     return final | {"run_dir": str(out), "seconds": time.perf_counter() - started}
 
 
-def _train_step(executor, params, x, y, seed: int, step: int, batch_size: int, ranks, averager):
+def rank_step(executor, params, x, y, seed: int, step: int, batch_size: int, ranks, averager):
     """Forward and backward of this rank's share (x, y) of global batch `step`: (the global
     batch's mean loss, its top-1 hits, its images, the gradients of its mean loss).
 
