@@ -416,3 +416,57 @@ def test_three_ranks_split_an_uneven_batch_as_one_process_does(mpi, tiny, idx, t
     a, b = weights(tmp_path / "one"), weights(tmp_path / "three")
     for key in a:
         np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def test_scaling_model_against_a_hand_calculation():
+    from alexc.bench_mpi import predict_step_ms
+
+    stretches = [  # backward order: an FC layer's gradient first, then a conv's, then SGD
+        {
+            "node": "fc",
+            "op": "linear",
+            "forward_ms": 1,
+            "backward_ms": 2,
+            "bytes": 100e6,
+            "units": 1000,
+        },
+        {"node": "conv", "op": "conv", "forward_ms": 3, "backward_ms": 4, "bytes": 1e6},
+        {"node": "sgd update", "op": "sgd", "forward_ms": 0, "backward_ms": 10, "bytes": 0},
+    ]
+    link = (1e9, 0.0)  # 1 GB/s, no latency
+    # One rank: all compute at the measured batch, no communication.
+    assert predict_step_ms(stretches, 8, 8, 1, link, False) == pytest.approx(1 + 2 + 3 + 4 + 10)
+    # Two ranks, data parallel: half the compute; the FC gradient (100 MB, ring: 2 * 1/2 of it
+    # at 1 GB/s = 100 ms) leaves after 1 ms of backward, the conv's (1 ms) after it.
+    assert predict_step_ms(stretches, 8, 8, 2, link, False) == pytest.approx(2 + 102 + 10)
+    # Hybrid: the FC input (8 rows x 25,000 features x 4 bytes) is all-gathered forward and
+    # reduce-scattered backward (0.4 ms each); only the conv gradient is allreduced, after
+    # 1 ms of FC and 2 ms of conv backward; half the FC update.
+    hybrid = 2 + 0.8 + (1 + 2 + 1) + 10 * (1e6 + 50e6) / 101e6
+    assert predict_step_ms(stretches, 8, 8, 2, link, True) == pytest.approx(hybrid)
+
+
+def test_bench_ranks_and_scaling_tables(mpi, tiny):
+    done = run(
+        alexc_cmd(
+            "bench",
+            tiny,
+            "--ranks",
+            "2",
+            "--transports",
+            "shm",
+            "-b",
+            "8",
+            "-r",
+            "1",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+            "--scaling",
+        )
+    )
+    assert done.returncode == 0, done.stderr
+    for row in ("2 x 1", "1 x 2", "10 Gbit/s, data parallel", "100 Gbit/s, hybrid"):
+        assert row in done.stdout, done.stdout
+    assert "10 Gbit/s, hybrid: images/s peak at" in done.stdout
