@@ -2,9 +2,11 @@
 checkpoints that survive any crash, and exact resume.
 
 Determinism: the data order and augmentation are keyed by (seed, epoch, sample), the dropout
-masks of step s by (seed, s), and checkpoints hold the exact float32 weights, momentum and
-schedule state, so a resumed run continues bit for bit (with one thread; more threads keep
-BLAS's summation order fixed per run but not across thread counts).
+masks of step s by (seed, s, row of the batch), and checkpoints hold the exact float32 weights,
+momentum and schedule state, so a resumed run continues bit for bit (with one thread; more
+threads keep BLAS's summation order fixed per run but not across thread counts). Under MPI
+(alexc.distributed) the ranks split each batch and compute the same training up to float
+summation order.
 """
 
 from __future__ import annotations
