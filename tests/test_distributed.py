@@ -70,9 +70,9 @@ def mpi():
     except alexc.AlexcError as e:
         pytest.skip(f"MPI is not installed: {e}")
     try:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
-        pytest.skip("MPI did not start 2 ranks within 60 s")
+        pytest.skip("MPI did not start 2 ranks within 600 s")
     if done.stdout.split() != ["2", "2"]:
         pytest.skip(f"MPI cannot start 2 ranks here: {(done.stderr or done.stdout)[-300:]}")
     return command[: -len(probe)], env
@@ -95,7 +95,7 @@ def alexc_cmd(*args, ranks=1):
     return cmd + ["--ranks", str(ranks)] if ranks > 1 else cmd
 
 
-def run(cmd, timeout=120):
+def run(cmd, timeout=600):  # generous: the machine may be loaded; a hang still ends
     return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
@@ -244,7 +244,7 @@ def test_parameters_stay_bitwise_identical_across_ranks(mpi, tiny, idx, tmp_path
     script = tmp_path / "every_rank.py"
     script.write_text(EVERY_RANK_WRITES)
     cmd = [*launcher, sys.executable, script, tiny, tmp_path, "same", idx]
-    done = subprocess.run(list(map(str, cmd)), env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(list(map(str, cmd)), env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     a, b = weights(tmp_path / "rank0"), weights(tmp_path / "rank1")
     assert sorted(a) == sorted(b)
@@ -259,7 +259,7 @@ def test_ranks_that_drift_apart_are_stopped(mpi, tiny, idx, tmp_path):
     script = tmp_path / "every_rank.py"
     script.write_text(EVERY_RANK_WRITES)
     cmd = [*launcher, sys.executable, script, tiny, tmp_path, "nudge", idx]
-    done = subprocess.run(list(map(str, cmd)), env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(list(map(str, cmd)), env=env, capture_output=True, text=True, timeout=600)
     assert "after step 6 the parameters of rank 1 differ from rank 0's" in done.stdout, done
 
 
@@ -268,7 +268,7 @@ def test_ranks_launched_with_different_settings_are_refused(mpi, tiny, idx, tmp_
     launcher = [a for a in launcher if a not in ("-n", "2")]
     base = alexc_cmd("train", tiny, "--data", idx, "--limit-batches", "2", "-o", tmp_path / "r")
     cmd = [*launcher, "-n", "1", *base, "--lr", "0.1", ":", "-n", "1", *base, "--lr", "0.2"]
-    done = subprocess.run(list(map(str, cmd)), env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(list(map(str, cmd)), env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode != 0
     ours = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert ours == [
@@ -280,6 +280,7 @@ def test_ranks_launched_with_different_settings_are_refused(mpi, tiny, idx, tmp_
 
 RAISING_RANK = """\
 import sys
+import time
 
 import alexc.distributed as distributed
 from alexc.cli import main
@@ -292,6 +293,7 @@ calls = []
 def failing_finish(self):
     calls.append(1)
     if self.comm.Get_rank() == 1 and len(calls) == 3:
+        print(f"raising at {time.time()}", flush=True)
         raise AlexcError("the disk is full")
     return finish(self)
 
@@ -307,15 +309,15 @@ def test_a_rank_that_raises_stops_every_rank(mpi, tiny, idx, tmp_path):
     script = tmp_path / "raising.py"
     script.write_text(RAISING_RANK)
     args = ["train", tiny, "--data", idx, "-o", tmp_path / "r", "--threads", "1"]
-    started = time.monotonic()
     done = subprocess.run(
         list(map(str, [*launcher, sys.executable, script, *args])),
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=600,
     )
-    assert done.returncode != 0 and time.monotonic() - started < 30
+    raised = float(done.stdout.split("raising at ")[1].split()[0])
+    assert done.returncode != 0 and time.time() - raised < 30
     assert "error: rank 1 of 2: the disk is full" in done.stderr, done.stderr
 
 
@@ -328,14 +330,14 @@ def test_a_killed_rank_stops_the_others_and_the_checkpoint_resumes(mpi, tiny, tm
         cmd, env={**ENV, "ALEXC_TEST_TAG": tag}, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     checkpoint = tmp_path / "r" / "last.safetensors"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 600
     while not checkpoint.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     rank1 = [pid for pid in _pids_with(f"ALEXC_TEST_TAG={tag}") if _rank(pid) == "1"]
     assert len(rank1) == 1, "rank 1 not found"
     os.kill(rank1[0], signal.SIGKILL)
     killed = time.monotonic()
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=600)
     assert proc.returncode != 0 and time.monotonic() - killed < 30
     assert "rank 1" in err.decode()
     assert read_checkpoint(checkpoint)[2]["step"] >= 1
@@ -373,7 +375,7 @@ def test_eval_over_two_ranks_counts_every_image_once(mpi, tiny, idx, tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=600,
     )
     assert one.returncode == 0 and two.returncode == 0, two.stderr
     a, b = json.loads(one.stdout), json.loads(two.stdout)  # rank 0 alone prints
@@ -393,11 +395,11 @@ def test_ctrl_c_on_the_launcher_saves_and_the_run_resumes(mpi, tiny, tmp_path):
         text=True,
         start_new_session=True,  # its own process group: what a terminal's Ctrl-C signals
     )
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 600
     while not (tmp_path / "r" / "last.safetensors").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=600)
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert out.count("interrupted: saved") == 1, out
     step = read_checkpoint(tmp_path / "r" / "last.safetensors")[2]["step"]
