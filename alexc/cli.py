@@ -84,11 +84,20 @@ def train(
         min=1,
         help="stop each epoch, and its validation, after N batches (smoke tests)",
     ),
+    ranks: int = typer.Option(
+        None,
+        "--ranks",
+        min=1,
+        help="train as N processes on this machine, through MPI (--threads is per rank)",
+    ),
 ):
     """Train a graph with SGD on real images (default: Fashion-MNIST)."""
+    from .distributed import process_ranks
     from .frontend import load_graph
     from .train import train as run
 
+    if ranks is not None and ranks > 1:
+        _launch_ranks(ranks)
     if resume is not None and init_weights is not None:
         raise AlexcError("give --resume (continue a run) or --init-weights (fine-tune), not both")
     try:
@@ -110,13 +119,31 @@ def train(
         )
     except KeyboardInterrupt:
         raise SystemExit(130) from None
-    if result.get("val_top1") is not None:
+    if result.get("val_top1") is not None and process_ranks().lead:
         console.print(
             f"done in {result['seconds']:.0f} s: val top-1 {result['val_top1']:.4f}, "
             f"top-5 {result['val_top5']:.4f}; weights in {out}/last.safetensors and "
             f"{out}/best.safetensors, metrics in {out}/metrics.jsonl",
             highlight=False,
         )
+
+
+def _launch_ranks(count: int) -> None:
+    """Re-run this command line as `count` MPI ranks (unless an MPI launcher started us)."""
+    from .distributed import launch, launched_size
+
+    if launched_size() > 1:
+        if launched_size() != count:
+            raise AlexcError(f"--ranks {count} under an MPI launch of {launched_size()} ranks")
+        return
+    argv, kept = sys.argv[1:], []
+    while argv:
+        arg = argv.pop(0)
+        if arg == "--ranks":
+            argv.pop(0)
+        elif not arg.startswith("--ranks="):
+            kept.append(arg)
+    raise SystemExit(launch(count, kept))
 
 
 class ExecutorChoice(str, Enum):
@@ -218,6 +245,7 @@ def evaluate(
     from dataclasses import replace
 
     from .data import Augment, Loader, open_source
+    from .distributed import process_ranks
     from .train import evaluate as run_eval
 
     if split not in ("val", "test"):
@@ -233,9 +261,15 @@ def evaluate(
     augment = Augment.from_config(g.data, g.input.shape)
     if ten_crop:
         augment = replace(augment, ten_crop=True)
-    with Loader(source, augment, batch_size=batch_size, train=False, seed=0) as loader:
-        result = run_eval(predictor, loader, crops=augment.crops_per_image(train=False))
+    ranks = process_ranks()
+    loader = Loader(source, augment, batch_size=batch_size, train=False, seed=0, part=ranks.part)
+    with loader:
+        result = run_eval(
+            predictor, loader, crops=augment.crops_per_image(train=False), ranks=ranks
+        )
     result["executor"] = predictor.name
+    if not ranks.lead:
+        return
     if as_json:
         print(json.dumps(result))
     else:
@@ -329,10 +363,14 @@ _register_commands()
 
 
 def main() -> None:
-    """Entry point: run the app, turning AlexcError into one line and exit code 1."""
+    """Entry point: run the app, turning AlexcError into one line and exit code 1 (under MPI,
+    naming the rank and ending the other ranks too)."""
+    from .distributed import fail
+
     try:
         app(standalone_mode=False)
     except AlexcError as e:
+        fail(e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -259,12 +259,36 @@ def bench(
     workers: Annotated[
         int, typer.Option("--workers", min=1, help="data loading threads, as alexc train --workers")
     ] = 2,
+    ranks: Annotated[
+        str | None,
+        typer.Option(
+            "--ranks",
+            help="distributed mode: training images/s of each count of MPI ranks x --threads "
+            "against 1 rank x as many threads, at each batch size as the global batch, e.g. 1,2",
+        ),
+    ] = None,
+    transports: Annotated[
+        str, typer.Option("--transports", help="with --ranks: shm, tcp (Open MPI's loopback TCP)")
+    ] = "shm,tcp",
+    scaling: Annotated[
+        bool,
+        typer.Option(
+            "--scaling",
+            help="predict images/s of 1-64 ranks on 10 and 100 Gbit/s links, data parallel and "
+            "Krizhevsky's hybrid, from per-layer times measured at the first batch size",
+        ),
+    ] = False,
 ):
     """Images/s, latency, GFLOP/s and peak memory of every executor, inference and training."""
     from .bench import EXECUTORS, MODES, calls_per_row, data_calls, plan_rows, run_bench
     from .frontend import load_graph
 
     sizes = _int_list(batch_sizes, "--batch-sizes")
+    if ranks is not None or scaling:
+        counts = _int_list(ranks, "--ranks") if ranks is not None else []
+        chosen_transports = _names(transports, "--transports", ("shm", "tcp"))
+        _distributed(graph, counts, chosen_transports, scaling, sizes, threads, repeats, warmup)
+        return
     chosen = _names(executors, "--executors", EXECUTORS)
     chosen_modes = _names(modes, "--modes", MODES)
     if json_out is not None and not json_out.parent.is_dir():
@@ -313,3 +337,65 @@ def bench(
         except OSError as e:
             raise AlexcError(f"--json {json_out}: cannot write: {e.strerror}") from None
         console.print(f"wrote {json_out}", highlight=False)
+
+
+def _distributed(graph, counts, transports, scaling, sizes, threads, repeats, warmup) -> None:
+    """`alexc bench --ranks/--scaling`: the tables of alexc.bench_mpi, on stdout."""
+    from .bench import machine_info
+    from .bench_mpi import RANK_COUNTS, layer_times, measure_ranks, predict_scaling, scaling_limits
+    from .frontend import load_graph
+
+    out = _console()
+    machine = machine_info(threads, sgemm_repeats=1)
+    blas = (machine["blas"] or {}).get("architecture")
+    where = f"{machine['cpu']}, {machine['cores']} cores, OpenBLAS {blas}"
+    for batch in sizes if counts else []:
+        with progress_console.status("starting ranks") as status:
+            rows = measure_ranks(
+                graph, counts, threads, batch, repeats, warmup, transports, status.update
+            )
+        table = Table(
+            title=f"{graph.stem}: training over MPI ranks, global batch {batch} ({where})",
+            caption=f"median of {repeats} steps after {warmup} warm-up; hidden: share of the "
+            "allreduce time the step did not wait for",
+        )
+        for column in (
+            "ranks x threads",
+            "transport",
+            "images/s",
+            "vs 1 rank, same cores",
+            "allreduce ms/step",
+            "hidden",
+        ):
+            table.add_column(column, justify="left" if column == "transport" else "right")
+        for r in rows:
+            table.add_row(
+                f"{r['ranks']} x {r['threads']}",
+                r["transport"],
+                _num(r["images_per_s"]),
+                f"{r['vs_threads']:.2f}x" if "vs_threads" in r else "-",
+                _num(r.get("allreduce_s") and r["allreduce_s"] * 1e3),
+                f"{100 * r['hidden']:.0f}%" if "hidden" in r else "-",
+            )
+        out.print(table)
+    if scaling:
+        g = load_graph(graph)
+        measured = sizes[0]
+        batch = int(g.train.get("batch_size", 128))
+        with progress_console.status(f"timing layers at batch {measured}"):
+            stretches = layer_times(g, measured, threads)
+        rows = predict_scaling(g, stretches, measured, batch)
+        table = Table(
+            title=f"{g.name}: predicted images/s (efficiency) at global batch {batch}, from "
+            f"layer times at batch {measured} x {threads} thread(s) ({where})"
+        )
+        table.add_column("link, scheme")
+        for n in RANK_COUNTS:
+            table.add_column(f"{n}", justify="right")
+        for link_scheme in dict.fromkeys((r["link"], r["scheme"]) for r in rows):
+            mine = [r for r in rows if (r["link"], r["scheme"]) == link_scheme]
+            cells = [f"{r['images_per_s']:,.0f} ({100 * r['efficiency']:.0f}%)" for r in mine]
+            table.add_row(", ".join(link_scheme), *cells)
+        out.print(table)
+        for line in scaling_limits(rows):
+            out.print(line, highlight=False)

@@ -90,15 +90,20 @@ class Executor:
         loss, _, grads = self.train_step(params, x, labels, train=train, rng=rng)
         return loss, grads
 
-    def train_step(self, params, x, labels, *, train=True, rng=None):
-        """(loss, logits, grads): `loss_and_grads` plus the logits it computed on the way."""
+    def train_step(self, params, x, labels, *, train=True, rng=None, loss_scale=1.0, on_grad=None):
+        """(loss, logits, grads): `loss_and_grads` plus the logits it computed on the way.
+
+        The gradients are those of `loss_scale` times the batch's mean loss (a rank holding n
+        of a global batch's N images uses n / N); `on_grad(param, grad)` is called as each
+        gradient becomes final during backward (see `PlanExecutor.run`)."""
         self._check_input(x)
         labels = np.asarray(labels, dtype=np.int64)
         if labels.shape != (x.shape[0],):
             raise AlexcError(f"labels must have shape ({x.shape[0]},), got {labels.shape}")
         exe = self._executor(x.shape[0], True, x.dtype)
-        feeds = {self.graph.input.name: x, LABELS: labels, grad_name(LOSS): np.ones((), x.dtype)}
-        outs, grads = exe.run(feeds, params, train=train, rng=rng or self.rng)
+        seed = np.full((), loss_scale, x.dtype)
+        feeds = {self.graph.input.name: x, LABELS: labels, grad_name(LOSS): seed}
+        outs, grads = exe.run(feeds, params, train=train, rng=rng or self.rng, on_grad=on_grad)
         return float(outs[LOSS]), outs[exe.plan.outputs[-1]], grads
 
     def predictor(self, params: Mapping[str, np.ndarray]) -> Predictor:

@@ -2,9 +2,11 @@
 checkpoints that survive any crash, and exact resume.
 
 Determinism: the data order and augmentation are keyed by (seed, epoch, sample), the dropout
-masks of step s by (seed, s), and checkpoints hold the exact float32 weights, momentum and
-schedule state, so a resumed run continues bit for bit (with one thread; more threads keep
-BLAS's summation order fixed per run but not across thread counts).
+masks of step s by (seed, s, row of the batch), and checkpoints hold the exact float32 weights,
+momentum and schedule state, so a resumed run continues bit for bit (with one thread; more
+threads keep BLAS's summation order fixed per run but not across thread counts). Under MPI
+(alexc.distributed) the ranks split each batch and compute the same training up to float
+summation order.
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ import math
 import signal
 import threading
 import time
+import zlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from alexc_runtime.sample_rng import SampleRng
 
 from .checkpoint import check_params, read_checkpoint, save_checkpoint
 from .compile import compile
+from .distributed import Single, batch_share, process_ranks
 from .errors import AlexcError, CheckpointError
 from .graph import with_classes
 from .ir import Graph, init_param
@@ -96,9 +101,11 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def evaluate(predictor, loader, crops: int = 1, limit_batches: int | None = None) -> dict:
+def evaluate(
+    predictor, loader, crops: int = 1, limit_batches: int | None = None, ranks: Single = Single()
+) -> dict:
     """Top-1, top-5 and mean loss of a predictor (either executor's `.predict(x)`) over every
-    batch of `loader`.
+    batch of `loader` (under MPI: of every rank's share of them, the counts summed).
 
     With `crops` > 1 the loader yields that many crops per image, in consecutive rows, and
     the prediction is the mean of their softmax (the paper's 10-crop evaluation)."""
@@ -115,6 +122,8 @@ def evaluate(predictor, loader, crops: int = 1, limit_batches: int | None = None
         correct1 += topk_correct(logits, y, 1)
         correct5 += topk_correct(logits, y, 5)
         n += len(y)
+    correct1, correct5, loss_sum, n = ranks.sum([correct1, correct5, loss_sum, n])
+    n = int(n)
     if n == 0:
         raise AlexcError("the validation set is empty")
     return {"top1": correct1 / n, "top5": correct5 / n, "loss": loss_sum / n, "images": n}
@@ -137,8 +146,11 @@ def training_data(graph: Graph, data: str, seed: int):
     return source, graph, Augment.from_config(graph.data, graph.input.shape)
 
 
-def training_loader(source, augment, batch_size: int, seed: int, workers: int, epoch=0, start=0):
-    """The loader of one training epoch (shuffled, augmented, prefetched by `workers` threads)."""
+def training_loader(
+    source, augment, batch_size: int, seed: int, workers: int, epoch=0, start=0, part=(0, 1)
+):
+    """The loader of one training epoch (shuffled, augmented, prefetched by `workers` threads;
+    `part`: this rank's share of each batch)."""
     from .data import Loader
 
     return Loader(
@@ -150,6 +162,7 @@ def training_loader(source, augment, batch_size: int, seed: int, workers: int, e
         epoch=epoch,
         start_batch=start,
         workers=workers,
+        part=part,
     )
 
 
@@ -206,18 +219,30 @@ def train(
     workers: int = 2,
     limit_batches: int | None = None,
     console=None,
+    ranks: Single | None = None,
 ) -> dict:
     """Train `graph` and return the final metrics; see `alexc train --help` for the options.
 
     Writes RUN_DIR/metrics.jsonl, RUN_DIR/last.safetensors (every `checkpoint_every` steps and
-    each epoch) and RUN_DIR/best.safetensors (best validation top-1)."""
+    each epoch) and RUN_DIR/best.safetensors (best validation top-1). Under MPI (`ranks`,
+    default: this process's), each rank trains on its share of every batch and rank 0 alone
+    writes files and prints."""
     from .data import Loader, open_source
 
+    ranks = ranks or process_ranks()
     say = console.print if console is not None else print
+    if not ranks.lead:
+        console, say = None, _silent
     recipe = Recipe.from_graph(graph, epochs=epochs, batch_size=batch_size, lr=lr)
+    if recipe.batch_size < ranks.size:
+        raise AlexcError(
+            f"train: the batch size ({recipe.batch_size}) is smaller than the number of ranks "
+            f"({ranks.size}): every rank needs at least one image of each batch"
+        )
     out = Path(out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        if ranks.lead:
+            out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise AlexcError(f"{out}: cannot create the run directory ({e.strerror})") from None
 
@@ -226,6 +251,10 @@ def train(
         seed = resumed[2].get("seed", seed)  # the data split and order depend on it
     train_src, graph, augment = training_data(graph, data, seed)
     val_src = open_source(data, split="val", channels=graph.input.shape[0], seed=seed)
+    ranks.check_same(
+        _run_settings(graph, data, train_src, recipe, seed, resume, init_weights)
+        | {"checkpoint_every": checkpoint_every, "limit_batches": limit_batches}
+    )
 
     state = RunState()
     momentum = None
@@ -250,7 +279,8 @@ def train(
     executor = compile(
         graph, recipe.batch_size, threads=threads, seed=seed, label_smoothing=recipe.label_smoothing
     )
-    log = MetricsLog(out / "metrics.jsonl")
+    log = MetricsLog(out / "metrics.jsonl") if ranks.lead else _NoLog()
+    averager = ranks.averager()
     log.write(
         event="start",
         graph=graph.name,
@@ -291,18 +321,19 @@ def train(
             "input_shape": list(graph.input.shape),
             "data": dict(graph.data),
         }
-        save_checkpoint(path, params, momentum=sgd.buffers, meta=meta)
+        if ranks.lead:
+            save_checkpoint(path, params, momentum=sgd.buffers, meta=meta)
 
     final = {}
     started = time.perf_counter()
     updating = False
-    sigint = _DeferredInterrupt()
+    sigint = _DeferredInterrupt(ranks.stop_signals)
     try:
         while state.epoch < recipe.epochs:
             epoch = state.epoch
             lr_now = schedule.lr(epoch)
             loader = training_loader(
-                train_src, augment, recipe.batch_size, seed, workers, epoch, state.batch
+                train_src, augment, recipe.batch_size, seed, workers, epoch, state.batch, ranks.part
             )
             total = loader.batches_per_epoch
             if limit_batches is not None:
@@ -317,9 +348,9 @@ def train(
                 for x, y in loader:
                     if state.batch >= total:
                         break
-                    rng = np.random.default_rng([seed, state.step])
-                    with np.errstate(over="ignore", invalid="ignore"):  # divergence: below
-                        loss, logits, grads = executor.train_step(params, x, y, train=True, rng=rng)
+                    loss, global_correct, global_n, grads = rank_step(
+                        executor, params, x, y, seed, state.step, recipe.batch_size, ranks, averager
+                    )
                     if not math.isfinite(loss):
                         raise diverged(f"the loss became {loss}")
                     updating = True  # an interrupt now would leave a half-applied update
@@ -327,9 +358,9 @@ def train(
                     state.step += 1
                     state.batch += 1
                     updating = False
-                    seen += len(y)
-                    loss_sum += loss * len(y)
-                    correct += topk_correct(logits, y, 1)
+                    seen += global_n
+                    loss_sum += loss * global_n
+                    correct += global_correct
                     elapsed = time.perf_counter() - t0
                     bar(
                         loss=loss_sum / seen,
@@ -347,7 +378,7 @@ def train(
                             loss=loss,
                             images_per_s=seen / max(elapsed, 1e-9),
                         )
-                    if sigint.requested:
+                    if ranks.any(sigint.requested):  # every rank stops after the same step
                         raise KeyboardInterrupt
             train_time = time.perf_counter() - t0
             val_loader = Loader(
@@ -357,6 +388,7 @@ def train(
                 train=False,
                 seed=seed,
                 workers=workers,
+                part=ranks.part,
             )
             with val_loader:
                 val = evaluate(
@@ -364,7 +396,9 @@ def train(
                     val_loader,
                     crops=augment.crops_per_image(train=False),
                     limit_batches=limit_batches,
+                    ranks=ranks,
                 )
+            ranks.check_identical(params, state.step)
             schedule.end_epoch(val["top1"])
             state.epoch += 1
             state.batch = 0
@@ -410,18 +444,77 @@ def train(
         sigint.restore()
         log.close()
         executor.close()
+        if averager is not None:
+            averager.close()
     return final | {"run_dir": str(out), "seconds": time.perf_counter() - started}
 
 
-class _DeferredInterrupt:
-    """The first Ctrl-C asks the loop to stop after the current step (which then saves); a
-    second one interrupts at once. Only the main thread can install signal handlers."""
+def rank_step(executor, params, x, y, seed: int, step: int, batch_size: int, ranks, averager):
+    """Forward and backward of this rank's share (x, y) of global batch `step`: (the global
+    batch's mean loss, its top-1 hits, its images, the gradients of its mean loss).
 
-    def __init__(self):
+    Dropout masks are keyed by (seed, step, row of the global batch), so any number of ranks
+    draws the masks of a single process."""
+    n = int(ranks.sum([len(y)])[0])  # less than batch_size if images failed to decode
+    rng = SampleRng([seed, step], first_sample=batch_share(batch_size, *ranks.part).start)
+    if averager is not None:
+        averager.start_step()
+    with np.errstate(over="ignore", invalid="ignore"):  # divergence: the caller checks
+        loss, logits, grads = executor.train_step(
+            params,
+            x,
+            y,
+            train=True,
+            rng=rng,
+            loss_scale=len(y) / n,
+            on_grad=averager.add if averager is not None else None,
+        )
+    correct = topk_correct(logits, y, 1)
+    if averager is None:
+        return loss, correct, n, grads
+    grads = averager.finish()
+    loss_sum, correct = ranks.sum([loss * len(y), correct])
+    return loss_sum / n, int(correct), n, grads
+
+
+def _run_settings(graph, data, source, recipe, seed, resume, init_weights) -> dict:
+    """What every rank of one run must agree on (threads and workers may differ per rank)."""
+    return {
+        "graph": graph.fingerprint(),
+        "data section": dict(graph.data),
+        "data": str(data),
+        "images": [len(source), zlib.crc32(np.ascontiguousarray(source.labels).view(np.uint8))],
+        "recipe": asdict(recipe),
+        "seed": seed,
+        "resume": str(resume),
+        "init_weights": str(init_weights),
+    }
+
+
+def _silent(*args, **kwargs) -> None:
+    """`say` on ranks other than 0."""
+
+
+class _NoLog:
+    """The metrics log of ranks other than 0."""
+
+    def write(self, **record):
+        pass
+
+    def close(self):
+        pass
+
+
+class _DeferredInterrupt:
+    """The first Ctrl-C (or another of `signals`) asks the loop to stop after the current step
+    (which then saves); a second one interrupts at once. Only the main thread can install
+    signal handlers."""
+
+    def __init__(self, signals=(signal.SIGINT,)):
         self.requested = False
-        self.previous = None
+        self.previous = {}
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous = {s: signal.signal(s, self._handle) for s in signals}
 
     def _handle(self, signum, frame):
         if self.requested:
@@ -429,8 +522,8 @@ class _DeferredInterrupt:
         self.requested = True
 
     def restore(self):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for s, previous in self.previous.items():
+            signal.signal(s, previous)
 
 
 class _progress:

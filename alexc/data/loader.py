@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
+from alexc.distributed import batch_share
 from alexc.errors import DataError
 
 from .augment import DRAWS, Augment, gather_crops, resize_short_side, sample_uniforms
@@ -28,6 +29,9 @@ class Loader:
     are left out of their batch (which is then smaller; an empty batch is not yielded) and
     listed in `source.skipped`. `len(loader)` is the number of batches an iteration yields
     at most: batches_per_epoch - start_batch.
+
+    `part=(rank, ranks)`: yield only this process's share of each batch (`batch_share`), so
+    `ranks` loaders together yield exactly the batches of one loader with `part=(0, 1)`.
     """
 
     def __init__(
@@ -43,6 +47,7 @@ class Loader:
         workers: int = 2,
         prefetch: int = 4,
         drop_last: bool | None = None,
+        part: tuple[int, int] = (0, 1),
     ):
         if augment.channels != source.channels:
             raise DataError(
@@ -65,6 +70,7 @@ class Loader:
         self.epoch, self.start_batch = epoch, start_batch
         self.workers, self.prefetch = workers, prefetch
         self.drop_last = train if drop_last is None else drop_last
+        self.part = part
         n = len(source)
         self.batches_per_epoch = n // batch_size if self.drop_last else -(-n // batch_size)
         # The eigen-decomposition is estimated once per (source, seed) and cached on the source.
@@ -108,7 +114,8 @@ class Loader:
         numbers = range(self.start_batch, self.batches_per_epoch)
 
         def build(b: int):
-            return self.batch(order[b * size : (b + 1) * size], epoch=epoch)
+            indices = order[b * size : (b + 1) * size]
+            return self.batch(indices[batch_share(len(indices), *self.part)], epoch=epoch)
 
         if self.workers == 0:
             batches = map(build, numbers)

@@ -7,7 +7,7 @@ kept only in training plans, and released by that backward step.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 import numpy as np
@@ -37,6 +37,7 @@ class PlanExecutor:
         self.plan = plan
         self.threads = threads
         self.pool = ShardPool(threads)
+        self.grads_final_after = _grads_final_after(plan)
 
     def run(
         self,
@@ -45,15 +46,21 @@ class PlanExecutor:
         *,
         train: bool = False,
         rng: np.random.Generator | None = None,
+        on_grad: Callable[[str, np.ndarray], None] | None = None,
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """(outputs, parameter gradients); gradients are empty for an inference plan."""
+        """(outputs, parameter gradients); gradients are empty for an inference plan.
+
+        `on_grad(param, grad)` is called as soon as a parameter's gradient is final, in the
+        middle of the backward pass (the last layers' first), so a caller can start
+        communicating it while the rest of backward runs. The executor never writes that
+        array again."""
         plan = self.plan
         env: dict[str, np.ndarray] = {**params, **feeds}
         keep_saved = plan.training
         saved: dict[str, tuple] = {}
         ctx = KernelContext(pool=self.pool, train=train, rng=rng, grad=keep_saved)
         with blas_threads(self.threads):
-            for step in plan.steps:
+            for index, step in enumerate(plan.steps):
                 kernel = KERNELS[step.op]
                 if step.backward:
                     needs = tuple(out is not None for out in step.outputs)
@@ -74,9 +81,27 @@ class PlanExecutor:
                         saved[step.node] = kept
                 for name in step.free_after:
                     env.pop(name, None)
+                if on_grad is not None:
+                    for param in self.grads_final_after.get(index, ()):
+                        on_grad(param, env[plan.grads[param]])
         outputs = {name: env[name] for name in plan.outputs}
         grads = {p: env[g] for p, g in plan.grads.items()}
         return outputs, grads
 
     def close(self) -> None:
         self.pool.close()
+
+
+def _grads_final_after(plan: Plan) -> dict[int, tuple[str, ...]]:
+    """Step index -> the parameters whose gradient that step writes for the last time."""
+    param_of = {grad: param for param, grad in plan.grads.items()}
+    last = {}
+    for index, step in enumerate(plan.steps):
+        for out in step.outputs if step.backward else ():
+            if out in param_of:
+                last[param_of[out]] = index
+    final: dict[int, tuple[str, ...]] = {}
+    for param in plan.grads:  # one no step writes (never expected) is reported at the end
+        index = last.get(param, len(plan.steps) - 1)
+        final[index] = (*final.get(index, ()), param)
+    return final
