@@ -22,7 +22,7 @@ import numpy as np
 
 from .checkpoint import check_params, read_checkpoint, save_checkpoint
 from .compile import compile
-from .errors import AlexcError, CheckpointError
+from .errors import AlexcError, CheckpointError, SectionError, is_int, is_number
 from .graph import with_classes
 from .ir import Graph, init_param
 from .optim import SGD, Schedule
@@ -50,28 +50,53 @@ class Recipe:
     label_smoothing: float = 0.0
 
     @classmethod
-    def from_graph(cls, graph: Graph, **overrides) -> Recipe:
-        """The graph file's `train:` section, with non-None overrides on top."""
-        section = dict(graph.train)
-        unknown = sorted(set(section) - set(TRAIN_KEYS))
+    def from_section(cls, section: Mapping) -> Recipe:
+        """A graph file's `train:` section, every value checked (SectionError names the key)."""
+        section = dict(section)
+        unknown = sorted(str(k) for k in section if k not in TRAIN_KEYS)
         if unknown:
-            raise AlexcError(
-                f"{graph.source}: train: unknown key '{unknown[0]}' "
-                f"(known: {', '.join(TRAIN_KEYS)})"
+            raise SectionError(
+                "train", unknown[0], f"unknown key '{unknown[0]}' (known: {', '.join(TRAIN_KEYS)})"
             )
         if section.pop("optimizer", "sgd") != "sgd":
-            raise AlexcError(f"{graph.source}: train: optimizer must be sgd")
+            raise SectionError("train", "optimizer", "optimizer must be sgd")
         recipe = cls(**section)
+        recipe.check()
+        return recipe
+
+    @classmethod
+    def from_graph(cls, graph: Graph, **overrides) -> Recipe:
+        """The graph file's `train:` section, with non-None overrides on top."""
+        recipe = cls.from_section(graph.train)
         for k, v in overrides.items():
             if v is not None:
                 setattr(recipe, k, v)
-        for k in ("batch_size", "epochs"):
-            if not isinstance(getattr(recipe, k), int) or getattr(recipe, k) < 1:
-                raise AlexcError(f"train: {k} must be a positive integer")
-        if not recipe.lr > 0 or not math.isfinite(recipe.lr):
-            raise AlexcError("train: lr must be a positive number")
-        Schedule(recipe.schedule, recipe.lr)  # validates the schedule now, not epochs later
+        recipe.check()
         return recipe
+
+    def check(self) -> None:
+        """Refuse values training cannot use, naming the key and what it takes."""
+        for key, ok, want in (
+            ("batch_size", is_int(self.batch_size) and self.batch_size >= 1, "an integer >= 1"),
+            ("epochs", is_int(self.epochs) and self.epochs >= 1, "an integer >= 1"),
+            ("lr", is_number(self.lr) and self.lr > 0, "a number > 0"),
+            ("momentum", is_number(self.momentum) and 0 <= self.momentum < 1, "a number in [0, 1)"),
+            (
+                "weight_decay",
+                is_number(self.weight_decay) and self.weight_decay >= 0,
+                "a number >= 0",
+            ),
+            (
+                "label_smoothing",
+                is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1,
+                "a number in [0, 1)",
+            ),
+        ):
+            if not ok:
+                raise SectionError(
+                    "train", key, f"{key} must be {want}, got {getattr(self, key)!r}"
+                )
+        Schedule(self.schedule, self.lr)  # validates the schedule now, not epochs later
 
 
 @dataclass

@@ -23,7 +23,7 @@ from alexc.data import (
     open_source,
     read_idx,
 )
-from alexc.errors import DataError
+from alexc.errors import DataError, SectionError
 
 MEAN = (0.5, 0.4, 0.3)
 STD = (0.2, 0.25, 0.3)
@@ -497,17 +497,17 @@ def test_grayscale_resized_for_a_big_three_channel_graph():
 
 
 def test_config_errors_name_the_problem():
-    with pytest.raises(DataError, match=r"unknown key 'rotate' \(known: resize, crop"):
+    with pytest.raises(SectionError, match=r"unknown key 'rotate' \(known: resize, crop"):
         Augment.from_config({"rotate": 10}, (3, 32, 32))
-    with pytest.raises(DataError, match="crop 24 must match the graph's input size 32x32"):
+    with pytest.raises(SectionError, match="crop 24 must match the graph's input size 32x32"):
         Augment.from_config({"crop": 24}, (3, 32, 32))
-    with pytest.raises(DataError, match="pca_jitter needs 3 input channels"):
+    with pytest.raises(SectionError, match="pca_jitter needs 3 input channels"):
         Augment.from_config({"pca_jitter": 0.1}, (1, 28, 28))
-    with pytest.raises(DataError, match="mean needs 3 values"):
+    with pytest.raises(SectionError, match="mean needs 3 values"):
         Augment.from_config({"mean": [0.1, 0.2]}, (3, 8, 8))
-    with pytest.raises(DataError, match="resize .* at least the crop"):
+    with pytest.raises(SectionError, match="resize .* at least the crop"):
         Augment.from_config({"resize": 100}, (3, 227, 227))
-    with pytest.raises(DataError, match="flip must be true or false"):
+    with pytest.raises(SectionError, match="flip must be true or false"):
         Augment.from_config({"flip": "yes"}, (3, 8, 8))
     augment = Augment.from_config({"crop": [8, 8], "mean": 0.5}, (3, 8, 8))
     assert augment.mean == (0.5,) * 3 and augment.std == (1.0,) * 3 and not augment.flip
