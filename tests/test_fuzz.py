@@ -14,9 +14,12 @@ Every failure a run finds becomes an explicit `@example` (or a test of its own) 
 
 from __future__ import annotations
 
+import gzip
+import json
 import math
 import os
 
+import numpy as np
 import pytest
 import yaml
 from conftest import GRAPHS
@@ -162,3 +165,181 @@ TINY = "input: {name: image, shape: [1, 8, 8]}\nnodes:\n  - {name: fc, op: linea
 @example(TINY + "train: {schedule: {step: {milestones: abc}}}\n")
 def test_fuzz_graph_files(text):
     check_graph_text(text)
+
+
+# --- safetensors checkpoints --------------------------------------------------------------------
+
+CKPT_GRAPH = parse_graph(
+    "input: {name: image, shape: [1, 6, 6]}\n"
+    "nodes:\n"
+    "  - {name: conv1, op: conv, filters: 2, kernel: 3}\n"
+    "  - {name: flat, op: flatten}\n"
+    "  - {name: fc, op: linear, units: 3}\n",
+    "ckpt.yaml",
+)
+
+
+def _real_checkpoint() -> bytes:
+    import tempfile
+    from pathlib import Path
+
+    from alexc.checkpoint import save_checkpoint
+
+    params = CKPT_GRAPH.init_params(0)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "real.safetensors"
+        save_checkpoint(
+            path, params, momentum=params, meta={"epoch": 1, "classes": ["a", "b", "c"]}
+        )
+        return path.read_bytes()
+
+
+CHECKPOINT = _real_checkpoint()
+HEADER_VALUES = st.one_of(
+    ODD_VALUES,
+    st.sampled_from(["F32", "F16", "F64", "I64", "U8", "BOOL", "BF16", "F8_E4M3", "C64", "X"]),
+    st.lists(st.integers(-1, 2**40), max_size=4),
+    st.sampled_from([[0, 2**62], [2**40, 0], [-1, 4], [4, 0], [0, 0]]),
+)
+
+
+@st.composite
+def mutated_checkpoint(draw):
+    """A real checkpoint with its JSON header mutated, or its bytes flipped, cut or grown."""
+    blob = bytearray(CHECKPOINT)
+    n = int.from_bytes(blob[:8], "little")
+    kind = draw(st.sampled_from(["header", "header", "meta", "bytes", "cut", "length"]))
+    if kind in ("header", "meta"):
+        header = json.loads(blob[8 : 8 + n])
+        meta = header["__metadata__"]
+        if kind == "meta":  # alexc's own JSON inside safetensors' string metadata
+            value = draw(st.one_of(ODD_VALUES, st.fixed_dictionaries({"classes": ODD_VALUES})))
+            meta["alexc"] = json.dumps(value) if draw(st.integers(0, 4)) else "{not json"
+        for _ in range(draw(st.integers(1, 3)) if kind == "header" else 0):
+            container, key = draw(st.sampled_from(list(_places(header))))
+            if draw(st.booleans()):
+                container[key] = draw(HEADER_VALUES)
+            else:
+                del container[key]
+        text = json.dumps(header).encode()
+        blob = bytearray(len(text).to_bytes(8, "little")) + text + blob[8 + n :]
+    elif kind == "bytes":
+        for _ in range(draw(st.integers(1, 8))):
+            blob[draw(st.integers(0, len(blob) - 1))] = draw(st.integers(0, 255))
+    elif kind == "cut":
+        blob = blob[: draw(st.integers(0, len(blob) - 1))]
+    else:
+        value = draw(st.sampled_from([0, 1, n - 1, n + 1, 2**31, 2**63, 2**64 - 1]))
+        blob[:8] = value.to_bytes(8, "little")
+    return bytes(blob)
+
+
+def _with_alexc_metadata(text: str) -> bytes:
+    n = int.from_bytes(CHECKPOINT[:8], "little")
+    header = json.loads(CHECKPOINT[8 : 8 + n])
+    header["__metadata__"]["alexc"] = text
+    head = json.dumps(header).encode()
+    return len(head).to_bytes(8, "little") + head + CHECKPOINT[8 + n :]
+
+
+@fuzz(300)
+@given(mutated_checkpoint())
+@example(_with_alexc_metadata("null"))  # found: AttributeError, 'NoneType' has no 'get'
+@example(_with_alexc_metadata("[1, 2]"))
+@example(_with_alexc_metadata('{"classes": 3}'))
+def test_fuzz_checkpoints(tmp_path_factory, blob):
+    from alexc.checkpoint import load_for_graph, read_checkpoint
+    from alexc.errors import CheckpointError
+
+    path = tmp_path_factory.mktemp("ckpt") / "fuzzed.safetensors"
+    path.write_bytes(blob)
+    try:
+        params, momentum, meta = read_checkpoint(path)
+        graph, checked = load_for_graph(path, CKPT_GRAPH)
+    except CheckpointError as e:
+        assert_one_line(e, str(path))
+        event("refused")
+        return
+    event("accepted")
+    assert isinstance(meta, dict)
+    assert all(isinstance(v, np.ndarray) for v in [*params.values(), *momentum.values()])
+    for p in graph.params:
+        assert checked[p.name].shape == p.shape and checked[p.name].dtype == np.float32
+
+
+# --- IDX files ----------------------------------------------------------------------------------
+
+
+def idx_bytes(array: np.ndarray, type_code: int = 0x08) -> bytes:
+    """An IDX file: two zero bytes, the type code, the number of dims, big-endian dims, data."""
+    head = bytes([0, 0, type_code, array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape
+    )
+    return head + array.astype(array.dtype.newbyteorder(">")).tobytes()
+
+
+IDX_IMAGES = idx_bytes(np.random.default_rng(0).integers(0, 256, (6, 5, 4), dtype=np.uint8))
+IDX_LABELS = idx_bytes(np.array([0, 1, 2, 1, 0, 2], np.uint8))
+
+
+IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.int16, 0x0C: np.int32, 0x0D: np.float32}
+
+
+@st.composite
+def idx_array(draw, ndim: int):
+    """A well-formed IDX file of any type, usually `ndim` dims of small sizes, 0 included."""
+    code = draw(st.sampled_from(sorted(IDX_TYPES)))
+    dims = st.integers(1, 4) if draw(st.booleans()) else st.just(ndim)
+    shape = draw(st.lists(st.sampled_from([0, 1, 2, 3, 6]), min_size=1, max_size=4).filter(bool))
+    shape = (shape + [3] * 4)[: draw(dims)]
+    return idx_bytes(np.full(shape, draw(st.integers(-3, 300))).astype(IDX_TYPES[code]), code)
+
+
+@st.composite
+def mutated_idx(draw, blob: bytes, ndim: int):
+    """IDX bytes with header or payload bytes changed, cut, grown, or the whole file gzipped;
+    the real file's or a well-formed one of another type and shape."""
+    data = bytearray(blob if draw(st.booleans()) else draw(idx_array(ndim)))
+    for _ in range(draw(st.integers(0, 3))):
+        kind = draw(st.sampled_from(["header", "byte", "cut", "grow", "dims"]))
+        if kind == "header" and data:
+            data[draw(st.integers(0, min(len(data), 16) - 1))] = draw(st.integers(0, 255))
+        elif kind == "byte" and data:
+            data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+        elif kind == "cut":
+            data = data[: draw(st.integers(0, len(data)))]
+        elif kind == "grow":
+            data += bytes(draw(st.integers(1, 64)))
+        elif kind == "dims" and len(data) >= 8:
+            k = 4 * draw(st.integers(1, max(1, min(data[3], (len(data) - 4) // 4))))
+            value = draw(st.sampled_from([0, 1, 2**16, 2**31, 2**32 - 1]))
+            data[k : k + 4] = value.to_bytes(4, "big")
+    if draw(st.booleans()):
+        data = bytearray(gzip.compress(bytes(data), mtime=0))
+        if draw(st.integers(0, 3)) == 0:  # forge the length the gzip trailer records
+            data[-4:] = draw(st.integers(0, 2**32 - 1)).to_bytes(4, "little")
+    return bytes(data)
+
+
+@fuzz(300)
+@given(mutated_idx(IDX_IMAGES, 3), mutated_idx(IDX_LABELS, 1), st.booleans())
+def test_fuzz_idx_files(tmp_path_factory, images, labels, gzipped_names):
+    from alexc.data import Augment, Loader, open_source
+    from alexc.errors import DataError
+
+    root = tmp_path_factory.mktemp("idx")
+    suffix = ".gz" if gzipped_names else ""
+    (root / f"train-images-idx3-ubyte{suffix}").write_bytes(images)
+    (root / f"train-labels-idx1-ubyte{suffix}").write_bytes(labels)
+    try:
+        source = open_source(root, split="train", channels=1)
+        augment = Augment.from_config({}, (1, 8, 8))
+        with Loader(source, augment, batch_size=2, train=True, seed=0, workers=0) as loader:
+            x, y = next(iter(loader))
+    except DataError as e:
+        assert_one_line(e, str(root))
+        event("refused")
+        return
+    event("accepted")
+    assert x.shape == (2, 1, 8, 8) and np.isfinite(x).all()
+    assert ((0 <= y) & (y < len(source.classes))).all()

@@ -127,6 +127,8 @@ class Source:
     grayscale set feeds a 3-channel graph: the loader broadcasts, saving work and memory).
     """
 
+    origin = "the data"  # where the images come from, for messages; open_source names it
+
     def __init__(self, classes: Sequence[str], labels, channels: int, stored_channels: int):
         if channels not in (1, 3):
             raise DataError(f"graphs take 1 or 3 input channels, not {channels}")
@@ -275,8 +277,11 @@ def open_source(
         if m and p.is_file():
             idx_files[(m[1], m[2])] = p
     if idx_files:
-        return _idx_source(root, idx_files, split, channels)
-    return _folder_source(root, split, channels, val_fraction, seed)
+        source = _idx_source(root, idx_files, split, channels)
+    else:
+        source = _folder_source(root, split, channels, val_fraction, seed)
+    source.origin = str(root)
+    return source
 
 
 def _idx_source(root: Path, files: dict, split: str, channels: int) -> ArraySource:
@@ -289,9 +294,16 @@ def _idx_source(root: Path, files: dict, split: str, channels: int) -> ArraySour
             )
     images_path, labels_path = files[(prefix, "images")], files[(prefix, "labels")]
     images, labels = read_idx(images_path), read_idx(labels_path)
-    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+    if (
+        images.dtype != np.uint8
+        or images.ndim not in (3, 4)
+        or images.ndim == 4
+        and images.shape[3] not in (1, 3)
+        or 0 in images.shape
+    ):
         raise DataError(
-            f"{images_path}: expected uint8 images (N, H, W), got {images.dtype} {images.shape}"
+            f"{images_path}: expected uint8 images (N, H, W) or (N, H, W, 1|3), at least one "
+            f"and none empty; got {images.dtype} {images.shape}"
         )
     if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != len(images):
         raise DataError(
