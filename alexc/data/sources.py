@@ -38,6 +38,9 @@ IMAGE_SUFFIXES = frozenset(
     | {".ppm", ".pgm", ".pbm", ".pnm"}
 )
 SPLITS = ("train", "val", "test")
+# Images with more pixels are skipped, not decoded: Pillow's default decompression-bomb
+# threshold (it warns above this and refuses above twice this), 358 MB decoded as RGBA.
+MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3
 
 # IDX magic: two zero bytes, a type code, the number of dimensions; then big-endian uint32 dims.
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -75,12 +78,24 @@ def read_idx(path: str | Path) -> np.ndarray:
                     f"{path}: truncated or malformed IDX file: its header promises {dims} of "
                     f"{dtype.name} ({expected} bytes) but the file holds {size} bytes"
                 )
-            data = f.read(nbytes)
+            data = _read_up_to(f, nbytes)
             if len(data) != nbytes or f.read(1):
                 raise DataError(f"{path}: truncated or malformed IDX file (payload size differs)")
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read IDX file ({e})") from None
     return np.frombuffer(data, dtype).reshape(dims).astype(dtype.newbyteorder("="), copy=False)
+
+
+def _read_up_to(f, nbytes: int, chunk: int = 1 << 24) -> bytearray:
+    """At most `nbytes` from `f`, in chunks: memory grows with what the file really holds, not
+    with what a forged header promises (a gzip trailer records the size only mod 2**32)."""
+    data = bytearray()
+    while len(data) < nbytes:
+        piece = f.read(min(chunk, nbytes - len(data)))
+        if not piece:
+            break
+        data += piece
+    return data
 
 
 def image_to_array(img: Image.Image, channels: int) -> np.ndarray:
@@ -233,15 +248,34 @@ class FolderSource(Source):
             return None
         path = self.paths[i]
         try:
-            with Image.open(path) as img:
+            with Image.open(path) as img:  # reads the header only
                 if min_side and img.format == "JPEG":
                     # DCT scaling: decode at 1/2, 1/4 or 1/8 size, never below min_side.
                     img.draft("RGB" if self.channels == 3 else "L", (min_side, min_side))
+                if img.width * img.height > MAX_PIXELS:
+                    raise DataError(
+                        f"{img.width}x{img.height} pixels, more than the {MAX_PIXELS:,} "
+                        "alexc decodes (Pillow's decompression-bomb limit)"
+                    )
                 img.load()
                 return image_to_array(img, self.channels)
         except Exception as e:  # noqa: BLE001 - decoders raise many types; any means "skip it"
             self._skip(i, str(path), f"{type(e).__name__}: {e}")
             return None
+
+    def check_classes(self, where: Path) -> None:
+        """Refuse a class none of whose images decodes (trying each in turn until one does);
+        the ones that fail are recorded in `skipped` as usual."""
+        for label, name in enumerate(self.classes):
+            members = np.flatnonzero(self.labels == label)
+            if len(members) and all(self.decode(int(i)) is None for i in members):
+                example, reason = next(
+                    s for s in self.skipped if s[0] == str(self.paths[members[0]])
+                )
+                raise DataError(
+                    f"{where / name}: none of its {len(members)} image(s) can be read, "
+                    f"e.g. {example}: {reason}"
+                )
 
 
 def open_source(
@@ -320,6 +354,7 @@ def _idx_source(root: Path, files: dict, split: str, channels: int) -> ArraySour
 
 
 def _folder_source(root: Path, split: str, channels: int, val_fraction: float, seed: int):
+    sub = None
     if (root / "train").is_dir() and (root / "val").is_dir():
         classes = _class_names(root / "train")
         sub = split if split != "test" or (root / "test").is_dir() else "val"
@@ -350,7 +385,9 @@ def _folder_source(root: Path, split: str, channels: int, val_fraction: float, s
             labels += [label] * len(chosen)
         if not paths:
             raise DataError(f"{root}: the {split} split is empty (val_fraction={val_fraction})")
-    return FolderSource(paths, labels, classes, channels=channels)
+    source = FolderSource(paths, labels, classes, channels=channels)
+    source.check_classes(root / sub if sub else root)
+    return source
 
 
 def _class_names(root: Path) -> list[str]:
