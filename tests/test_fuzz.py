@@ -18,7 +18,9 @@ import gzip
 import json
 import math
 import os
+import re
 import zlib
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -451,3 +453,197 @@ def test_fuzz_images(tmp_path_factory, image, channels):
     ((x, y),) = batches
     assert x.shape == (1, channels, 8, 8) and np.isfinite(x).all() and y.tolist() == [0]
     assert arr.dtype == np.uint8 and arr.shape[2] == channels and arr.size <= (1 << 20) * 3
+
+
+# --- ONNX models --------------------------------------------------------------------------------
+
+
+def _onnx_seeds() -> dict[str, bytes]:
+    """alexc's own export of a small net (both LRN forms), and onnx's own pytorch-converted
+    test models of the ops alexc imports."""
+    import onnx
+
+    from alexc.onnx_export import export_onnx
+
+    graph = parse_graph(
+        "input: {name: image, shape: [3, 9, 9]}\n"
+        "nodes:\n"
+        "  - {name: conv1, op: conv, filters: 4, kernel: 3, pad: 1, groups: 1}\n"
+        "  - {name: relu1, op: relu}\n"
+        "  - {name: norm1, op: lrn, size: 3, alpha: 0.01, beta: 0.75, bias: 2, convention: paper}\n"
+        "  - {name: pool1, op: maxpool, kernel: 3, stride: 2}\n"
+        "  - {name: flat, op: flatten}\n"
+        "  - {name: drop, op: dropout, rate: 0.5}\n"
+        "  - {name: fc, op: linear, units: 5}\n"
+        "  - {name: prob, op: softmax}\n",
+        "onnx-seed.yaml",
+    )
+    params = graph.init_params(0)
+    seeds = {
+        f"alexc-{lrn}": export_onnx(graph, params, lrn=lrn).SerializeToString()
+        for lrn in ("node", "decomposed")
+    }
+    converted = Path(onnx.__file__).parent / "backend" / "test" / "data" / "pytorch-converted"
+    for name in ("test_Conv2d_groups", "test_AvgPool2d_stride", "test_MaxPool2d", "test_Linear"):
+        path = converted / name / "model.onnx"
+        if path.exists():
+            seeds[name] = path.read_bytes()
+    return seeds
+
+
+ONNX_SEEDS = _onnx_seeds()
+PROTO_INTS = st.sampled_from([0, 1, 2, 3, -1, 7, 2**31 - 1, 2**40, -(2**40)])
+PROTO_TEXT = st.sampled_from(["", "x", "image", "conv1.weight", "Conv", "Gemm", "../x", "N"])
+
+
+def _proto_places(message, depth=0):
+    """Every (message, field) of a protobuf message that is set, nested messages included."""
+    for field, value in message.ListFields():
+        yield message, field
+        if field.message_type is not None and depth < 8:
+            children = value if _repeated(field) else [value]
+            for child in children:
+                yield from _proto_places(child, depth + 1)
+
+
+def _repeated(field) -> bool:
+    return field.label == field.LABEL_REPEATED if hasattr(field, "label") else field.is_repeated
+
+
+def _mutate_field(draw, message, field) -> None:
+    value = getattr(message, field.name)
+    if _repeated(field):
+        if not len(value):
+            return
+        i = draw(st.integers(0, len(value) - 1))
+        kind = draw(st.sampled_from(["delete", "duplicate", "clear", "set"]))
+        if kind == "delete" or (kind == "set" and field.message_type is not None):
+            del value[i]
+        elif kind == "duplicate":
+            value.add().CopyFrom(value[i]) if field.message_type else value.append(value[i])
+        elif kind == "clear":
+            message.ClearField(field.name)
+        else:
+            value[i] = _odd_scalar(draw, field)
+    elif field.message_type is not None:
+        message.ClearField(field.name)
+    else:
+        setattr(message, field.name, _odd_scalar(draw, field))
+
+
+def _odd_scalar(draw, field):
+    if field.type == field.TYPE_STRING:
+        return draw(PROTO_TEXT)
+    if field.type == field.TYPE_BYTES:
+        return draw(st.binary(max_size=40))
+    if field.type in (field.TYPE_FLOAT, field.TYPE_DOUBLE):
+        return draw(st.sampled_from([0.0, -1.0, 0.5, 1e30, math.nan, math.inf]))
+    if field.type == field.TYPE_ENUM:
+        return draw(st.sampled_from([v.number for v in field.enum_type.values]))
+    if field.cpp_type in (field.CPPTYPE_UINT32, field.CPPTYPE_UINT64):
+        return abs(draw(PROTO_INTS)) % 2**32
+    if field.cpp_type == field.CPPTYPE_INT32:
+        return max(min(draw(PROTO_INTS), 2**31 - 1), -(2**31))
+    return draw(PROTO_INTS)
+
+
+@st.composite
+def mutated_onnx(draw):
+    """(model bytes, external data bytes): a seed model with protobuf fields changed, deleted or
+    duplicated, initializers moved to external data (paths in and out of the folder), or its
+    bytes cut or flipped."""
+    import onnx
+
+    model = onnx.ModelProto()
+    model.ParseFromString(ONNX_SEEDS[draw(st.sampled_from(sorted(ONNX_SEEDS)))])
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["field", "field", "field", "external"]))
+        if kind == "external" and model.graph.initializer:
+            tensor = draw(st.sampled_from(list(model.graph.initializer)))
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            tensor.ClearField("raw_data")
+            tensor.ClearField("float_data")
+            del tensor.external_data[:]
+            entries = {
+                "location": draw(
+                    st.sampled_from(
+                        [
+                            "weights.bin",
+                            "missing.bin",
+                            "../weights.bin",
+                            "/etc/passwd",
+                            ".",
+                            "sub/../weights.bin",
+                            "",
+                        ]
+                    )
+                ),
+                "offset": str(draw(st.sampled_from([0, 4, 64, 2**40, -4]))),
+                "length": str(draw(st.sampled_from([0, 4, 16, 2**40, -4]))),
+            }
+            for key in draw(st.lists(st.sampled_from(sorted(entries)), unique=True)):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, entries[key]
+        else:
+            places = list(_proto_places(model))
+            if places:
+                _mutate_field(draw, *draw(st.sampled_from(places)))
+    blob = bytearray(model.SerializeToString())
+    if blob and draw(st.integers(0, 5)) == 0:
+        if draw(st.booleans()):
+            blob = blob[: draw(st.integers(0, len(blob) - 1))]
+        else:
+            blob[draw(st.integers(0, len(blob) - 1))] = draw(st.integers(0, 255))
+    return bytes(blob), draw(st.binary(min_size=0, max_size=256))
+
+
+def _ort_outputs(blob: bytes, x: np.ndarray):
+    """onnxruntime's outputs for the model, or None where it refuses the model or the input."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 4
+    try:
+        session = ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: x})
+    except Exception:  # noqa: BLE001 - any refusal of onnxruntime's means "no reference"
+        return None
+
+
+@fuzz(200)
+@given(mutated_onnx())
+def test_fuzz_onnx_models(tmp_path_factory, model):
+    import alexc
+    from alexc.onnx_import import convert_onnx
+
+    blob, weights = model
+    folder = tmp_path_factory.mktemp("onnx")
+    (folder / "weights.bin").write_bytes(weights)
+    path = folder / "model.onnx"
+    path.write_bytes(blob)
+    try:
+        imported = convert_onnx(path)
+    except AlexcError as e:
+        assert_one_line(e, str(path))
+        caught = re.match(r".*malformed model \((\w+)", str(e))  # convert_onnx's catch-all
+        event(f"refused: {type(e).__name__}" + (f", caught {caught[1]}" if caught else ""))
+        return
+    event("accepted")
+    graph, params = imported.graph, imported.params
+    verify(graph)
+    for p in graph.params:
+        assert params[p.name].shape == p.shape and params[p.name].dtype == np.float32
+    # Where onnxruntime runs the same file, alexc's forward pass must agree with it.
+    x = np.random.default_rng(0).standard_normal((2, *graph.input.shape)).astype(np.float32)
+    reference = (
+        _ort_outputs(blob, x) if all(np.isfinite(v).all() for v in params.values()) else None
+    )
+    if reference is None:
+        event("accepted; onnxruntime refuses it")
+        return
+    outputs = alexc.compile(graph, 2).outputs(params, x)
+    onnx_outputs = [o.name for o in __import__("onnx").load_from_string(blob).graph.output]
+    for name, want in zip(onnx_outputs, reference, strict=True):
+        got = outputs[imported.outputs[name]]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * max(1, np.abs(want).max()))
