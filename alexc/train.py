@@ -23,6 +23,7 @@ import numpy as np
 from .checkpoint import check_params, read_checkpoint, save_checkpoint
 from .compile import compile
 from .errors import AlexcError, CheckpointError, SectionError, is_int, is_number
+from .files import os_reason
 from .graph import with_classes
 from .ir import Graph, init_param
 from .optim import SGD, Schedule
@@ -203,16 +204,32 @@ def initial_params(graph: Graph, seed: int, init_weights: str | None, notice) ->
 
 
 class MetricsLog:
-    """Appends one JSON object per line; flushed per line so a killed run keeps its log."""
+    """Appends one JSON object per line; flushed per line so a killed run keeps its log.
+
+    A line that cannot be written (a full disk) is one AlexcError naming the file; a torn last
+    line is what `load_run_metrics` ignores."""
 
     def __init__(self, path: Path):
-        self.file = open(path, "a", buffering=1)  # noqa: SIM115 - closed by close()
+        self.path = path
+        try:
+            self.file = open(path, "a", buffering=1)  # noqa: SIM115 - closed by close()
+        except OSError as e:
+            raise self._error(e) from None
 
     def write(self, **record):
-        self.file.write(json.dumps(record) + "\n")
+        try:
+            self.file.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise self._error(e) from None
 
     def close(self):
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:  # the unwritten rest of a line that already failed: reported then
+            pass
+
+    def _error(self, e: OSError) -> AlexcError:
+        return AlexcError(f"{self.path}: cannot write the metrics log ({os_reason(self.path, e)})")
 
 
 def train(
@@ -244,7 +261,7 @@ def train(
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise AlexcError(f"{out}: cannot create the run directory ({e.strerror})") from None
+        raise AlexcError(f"{out}: cannot create the run directory ({os_reason(out, e)})") from None
 
     resumed = read_checkpoint(resume) if resume is not None else None
     if resumed is not None:
