@@ -166,6 +166,7 @@ def evaluate(
     from dataclasses import replace
 
     from .data import Augment, Loader, open_source
+    from .memory import check_fits, input_bytes, plan_peak
     from .train import evaluate as run_eval
 
     if split not in ("val", "test"):
@@ -181,6 +182,11 @@ def evaluate(
     crops = 10 if ten_crop else 1
     if ten_crop:
         augment = replace(augment, ten_crop=True)
+    check_fits(
+        lambda b: plan_peak(g, b * crops, training=False) + 6 * input_bytes(g, b * crops),
+        batch_size,
+        f"alexc eval {g.name}",
+    )  # 6: the loader's prefetched batches and those its 2 workers build
     predictor = _predictor(g, params, executor, threads, batch_size)
     with Loader(source, augment, batch_size=batch_size, train=False, seed=0) as loader:
         result = run_eval(predictor, loader, crops=crops)

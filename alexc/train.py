@@ -26,6 +26,7 @@ from .errors import AlexcError, CheckpointError, SectionError, is_int, is_number
 from .files import os_reason
 from .graph import with_classes
 from .ir import Graph, init_param
+from .memory import check_fits
 from .optim import SGD, Schedule
 
 TRAIN_KEYS = (
@@ -38,6 +39,9 @@ TRAIN_KEYS = (
     "label_smoothing",
     "optimizer",
 )
+
+
+VAL_BATCH = 256  # validation batches are at least this large: inference needs less memory
 
 
 @dataclass
@@ -179,6 +183,25 @@ def training_loader(source, augment, batch_size: int, seed: int, workers: int, e
     )
 
 
+def training_need(graph: Graph, workers: int, prefetch: int = 4):
+    """Planned peak bytes of training at batch size b: the training step with its momentum
+    buffers, or validation (at batch max(b, 256)), whichever is larger, and the batches the
+    loader holds ready."""
+    from .memory import input_bytes, plan_peak
+
+    momentum = sum(math.prod(p.shape) for p in graph.params) * 4
+    held = prefetch + workers
+
+    def need(b: int) -> int:
+        val = max(b, VAL_BATCH)
+        return max(
+            plan_peak(graph, b, training=True) + momentum + held * input_bytes(graph, b),
+            plan_peak(graph, val, training=False) + held * input_bytes(graph, val),
+        )
+
+    return need
+
+
 def initial_params(graph: Graph, seed: int, init_weights: str | None, notice) -> dict:
     """Fresh parameters, or pretrained ones with mismatched tensors re-initialised."""
     params = graph.init_params(seed)
@@ -268,6 +291,7 @@ def train(
         seed = resumed[2].get("seed", seed)  # the data split and order depend on it
     train_src, graph, augment = training_data(graph, data, seed)
     val_src = open_source(data, split="val", channels=graph.input.shape[0], seed=seed)
+    check_fits(training_need(graph, workers), recipe.batch_size, f"alexc train {graph.name}")
 
     state = RunState()
     momentum = None
@@ -395,7 +419,7 @@ def train(
             val_loader = Loader(
                 val_src,
                 augment,
-                batch_size=max(recipe.batch_size, 256),
+                batch_size=max(recipe.batch_size, VAL_BATCH),
                 train=False,
                 seed=seed,
                 workers=workers,
