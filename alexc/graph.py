@@ -28,13 +28,12 @@ def _topological(nodes: Sequence[Node], input_names: set[str], err) -> list[Node
                 raise err(f"input '{i}' is not defined (defined names: {known})", n.name)
     order, state = [], {}  # state: 1 visiting, 2 done
     for root in nodes:
-        # Depth-first with an explicit stack: a long chain listed backwards must not hit
-        # Python's recursion limit. `path` is the chain of nodes being visited.
-        path, stack = [], [(root, iter(root.inputs))]
         if state.get(root.name) == 2:
             continue
+        # Depth-first with an explicit stack: a long chain listed backwards must not hit
+        # Python's recursion limit. `path` names the nodes on the stack, in order.
         state[root.name] = 1
-        path.append(root.name)
+        path, stack = [root.name], [(root, iter(root.inputs))]
         while stack:
             n, pending = stack[-1]
             i = next((i for i in pending if i in by_name and state.get(i) != 2), None)

@@ -148,7 +148,8 @@ def check_graph_text(text: str) -> None:
     from alexc.train import Recipe
 
     Recipe.from_graph(graph)
-    Augment.from_config(graph.data, graph.input.shape)
+    if len(graph.input.shape) == 3 and graph.input.shape[0] in (1, 3):
+        Augment.from_config(graph.data, graph.input.shape)
     assert all(math.prod(s) >= 1 for s in graph.shapes.values())
 
 
@@ -557,8 +558,12 @@ def mutated_onnx(draw):
     model = onnx.ModelProto()
     model.ParseFromString(ONNX_SEEDS[draw(st.sampled_from(sorted(ONNX_SEEDS)))])
     for _ in range(draw(st.integers(1, 3))):
-        kind = draw(st.sampled_from(["field", "field", "field", "external"]))
-        if kind == "external" and model.graph.initializer:
+        kind = draw(st.sampled_from(["field", "field", "field", "external", "metadata"]))
+        if kind == "metadata":  # the preprocessing alexc's export records as JSON text
+            entry = model.metadata_props.add()
+            entry.key = draw(st.sampled_from(["mean", "std", "classes"]))
+            entry.value = json.dumps(draw(st.one_of(ODD_VALUES, st.lists(ODD_VALUES, max_size=4))))
+        elif kind == "external" and model.graph.initializer:
             tensor = draw(st.sampled_from(list(model.graph.initializer)))
             tensor.data_location = onnx.TensorProto.EXTERNAL
             tensor.ClearField("raw_data")
@@ -611,10 +616,24 @@ def _ort_outputs(blob: bytes, x: np.ndarray):
         return None
 
 
+def _onnx_with_metadata(key: str, value: str) -> tuple[bytes, bytes]:
+    import onnx
+
+    model = onnx.load_from_string(ONNX_SEEDS["alexc-node"])
+    for entry in model.metadata_props:
+        if entry.key == key:
+            entry.value = value
+    return model.SerializeToString(), b""
+
+
 @fuzz(200)
 @given(mutated_onnx())
+@example(_onnx_with_metadata("mean", "[1]"))  # found: kept, then refused by preprocessing
+@example(_onnx_with_metadata("std", "[0, 1, 1]"))
+@example(_onnx_with_metadata("std", "[true, 1, 1]"))
 def test_fuzz_onnx_models(tmp_path_factory, model):
     import alexc
+    from alexc.data import Augment
     from alexc.onnx_import import convert_onnx
 
     blob, weights = model
@@ -634,6 +653,8 @@ def test_fuzz_onnx_models(tmp_path_factory, model):
     verify(graph)
     for p in graph.params:
         assert params[p.name].shape == p.shape and params[p.name].dtype == np.float32
+    if len(graph.input.shape) == 3 and graph.input.shape[0] in (1, 3):
+        Augment.from_config(graph.data, graph.input.shape)  # the preprocessing it recorded
     # Where onnxruntime runs the same file, alexc's forward pass must agree with it.
     x = np.random.default_rng(0).standard_normal((2, *graph.input.shape)).astype(np.float32)
     reference = (
