@@ -19,7 +19,9 @@ import json
 import math
 import os
 import re
+import tracemalloc
 import zlib
+from datetime import timedelta
 from pathlib import Path
 from unittest import mock
 
@@ -40,12 +42,14 @@ LONG_RUN = os.environ.get("ALEXC_FUZZ_EXAMPLES")
 
 
 def fuzz(examples: int):
-    """Hypothesis settings: `examples` from a fixed seed, or the long run's count, seeds new."""
+    """Hypothesis settings: `examples` from a fixed seed, or the long run's count, seeds new.
+
+    An example taking 10 s (a few ms is typical) fails as a hang would."""
     return settings(
         max_examples=int(LONG_RUN) if LONG_RUN else examples,
         derandomize=not LONG_RUN,
         database=None,
-        deadline=None,
+        deadline=timedelta(seconds=10),
         print_blob=True,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
@@ -258,6 +262,7 @@ def test_fuzz_checkpoints(tmp_path_factory, blob):
 
     path = tmp_path_factory.mktemp("ckpt") / "fuzzed.safetensors"
     path.write_bytes(blob)
+    tracemalloc.start()  # sees Python's and NumPy's allocations
     try:
         params, momentum, meta = read_checkpoint(path)
         graph, checked = load_for_graph(path, CKPT_GRAPH)
@@ -265,6 +270,10 @@ def test_fuzz_checkpoints(tmp_path_factory, blob):
         assert_one_line(e, str(path))
         event("refused")
         return
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 8 * len(blob) + (1 << 20), f"{peak} bytes to read {len(blob)}"
     event("accepted")
     assert isinstance(meta, dict)
     assert all(isinstance(v, np.ndarray) for v in [*params.values(), *momentum.values()])
