@@ -344,6 +344,9 @@ BOMB_IDX = gzip.compress(bytes.fromhex("00000803000000020000000680000000"), mtim
 @given(mutated_idx(IDX_IMAGES, 3), mutated_idx(IDX_LABELS, 1), st.booleans())
 @example(BOMB_IDX, IDX_LABELS, True)
 @example(idx_bytes(np.zeros((6, 0, 4), np.uint8)), IDX_LABELS, False)  # ZeroDivisionError
+@example(  # dims (2**32 - 1, 0, 184549379, 3): ValueError, array is too big
+    bytes.fromhex("00000c04ffffffff000000000b00000300000003"), IDX_LABELS, False
+)
 @example(idx_bytes(np.zeros((6, 5, 4, 2), np.uint8)), IDX_LABELS, False)  # unnamed file
 @example(idx_bytes(np.zeros((0, 5, 4), np.uint8)), idx_bytes(np.zeros(0, np.uint8)), False)
 # One image, fewer than a batch of 2: the loader yielded nothing (StopIteration).

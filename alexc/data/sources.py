@@ -71,6 +71,8 @@ def read_idx(path: str | Path) -> np.ndarray:
             if len(dims_raw) < 4 * ndim:
                 raise DataError(f"{path}: truncated IDX file (header cut short)")
             dims = tuple(int.from_bytes(dims_raw[4 * k : 4 * k + 4], "big") for k in range(ndim))
+            if 0 in dims:  # no data; and NumPy cannot even shape (2**32 - 1, 0, 2**28)
+                raise DataError(f"{path}: the IDX file holds no data (its dims are {dims})")
             nbytes = math.prod(dims) * dtype.itemsize
             expected = 4 + 4 * ndim + nbytes
             if size != (expected % 2**32 if is_gzip else expected):
@@ -328,16 +330,11 @@ def _idx_source(root: Path, files: dict, split: str, channels: int) -> ArraySour
             )
     images_path, labels_path = files[(prefix, "images")], files[(prefix, "labels")]
     images, labels = read_idx(images_path), read_idx(labels_path)
-    if (
-        images.dtype != np.uint8
-        or images.ndim not in (3, 4)
-        or images.ndim == 4
-        and images.shape[3] not in (1, 3)
-        or 0 in images.shape
-    ):
+    channels_ok = images.ndim == 3 or images.ndim == 4 and images.shape[3] in (1, 3)
+    if images.dtype != np.uint8 or not channels_ok:
         raise DataError(
-            f"{images_path}: expected uint8 images (N, H, W) or (N, H, W, 1|3), at least one "
-            f"and none empty; got {images.dtype} {images.shape}"
+            f"{images_path}: expected uint8 images (N, H, W) or (N, H, W, 1|3), "
+            f"got {images.dtype} {images.shape}"
         )
     if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != len(images):
         raise DataError(
