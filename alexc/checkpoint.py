@@ -58,6 +58,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict, dict]:
         meta = json.loads(meta_text)
     except (SafetensorError, ValueError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: its 'alexc' metadata is not a JSON object")
     params = {k: v for k, v in tensors.items() if not k.startswith(MOMENTUM)}
     momentum = {k[len(MOMENTUM) :]: v for k, v in tensors.items() if k.startswith(MOMENTUM)}
     return params, momentum, meta

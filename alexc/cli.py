@@ -246,6 +246,7 @@ def evaluate(
 
     from .data import Augment, Loader, open_source
     from .distributed import process_ranks
+    from .memory import check_fits, input_bytes, plan_peak
     from .train import evaluate as run_eval
 
     if split not in ("val", "test"):
@@ -261,12 +262,16 @@ def evaluate(
     augment = Augment.from_config(g.data, g.input.shape)
     if ten_crop:
         augment = replace(augment, ten_crop=True)
+    crops = augment.crops_per_image(train=False)
+    check_fits(
+        lambda b: plan_peak(g, b * crops, training=False) + 6 * input_bytes(g, b * crops),
+        batch_size,
+        f"alexc eval {g.name}",
+    )  # 6: the loader's prefetched batches and those its 2 workers build
     ranks = process_ranks()
     loader = Loader(source, augment, batch_size=batch_size, train=False, seed=0, part=ranks.part)
     with loader:
-        result = run_eval(
-            predictor, loader, crops=augment.crops_per_image(train=False), ranks=ranks
-        )
+        result = run_eval(predictor, loader, crops=crops, ranks=ranks)
     result["executor"] = predictor.name
     if not ranks.lead:
         return

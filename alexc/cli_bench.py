@@ -6,6 +6,7 @@ Errors are raised as AlexcError; the CLI's main() prints them as one line and ex
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
@@ -205,6 +206,21 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def check_bench_fits(graph, modes: Sequence[str], sizes: Sequence[int]) -> None:
+    """Refuse a batch size whose row would not fit in memory, before any row runs. Rows run
+    one at a time; the NumPy executor's plan stands in for every executor's peak."""
+    from .memory import check_fits, input_bytes, plan_peak
+
+    momentum = 4 * sum(math.prod(p.shape) for p in graph.params) if "train" in modes else 0
+
+    def need(b: int) -> int:
+        peaks = [plan_peak(graph, b, training=m == "train") for m in modes]
+        return max(peaks) + momentum + input_bytes(graph, b)
+
+    for b in sorted(sizes):
+        check_fits(need, b, f"alexc bench {graph.name}")
+
+
 def bench(
     graph: Annotated[Path, typer.Argument(help="graph file (YAML), e.g. graphs/alexnet.yaml")],
     batch_sizes: Annotated[
@@ -295,6 +311,7 @@ def bench(
         raise AlexcError(f"--json {json_out}: folder {json_out.parent} does not exist")
     g = load_graph(graph)
     rows = plan_rows(g, chosen, chosen_modes, sizes)
+    check_bench_fits(g, chosen_modes, sizes)
     total = sum(calls_per_row(r, warmup, repeats) for r in rows[0])
     if profile:
         total += len(chosen_modes) * len(sizes) * (warmup + repeats)

@@ -31,7 +31,7 @@ def write_atomic(path: str | Path, data: bytes, what: str, error=AlexcError) -> 
             os.close(folder)
     except OSError as e:
         _remove(tmp)
-        raise error(f"{path}: cannot write the {what} ({_why(path, e)})") from None
+        raise error(f"{path}: cannot write the {what} ({os_reason(path, e)})") from None
     except BaseException:
         _remove(tmp)
         raise
@@ -44,7 +44,8 @@ def _remove(tmp: Path) -> None:
         pass
 
 
-def _why(path: Path, e: OSError) -> str:
+def os_reason(path: Path, e: OSError) -> str:
+    """Why `path` could not be written, in words: the OS's reason, or the file in the way."""
     # mkdir under a regular file says "File exists"; name the file that is in the way instead.
     for parent in path.parents:
         if parent.exists():

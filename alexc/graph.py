@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-from .errors import GraphError
+from .errors import GraphError, is_number
 from .ir import INIT_KINDS, Graph, Input, Node, Op, Param, Shape
 from .ops import MAX_ELEMENTS, RULES, ShapeError, normalise_attrs
 
@@ -27,23 +27,48 @@ def _topological(nodes: Sequence[Node], input_names: set[str], err) -> list[Node
                 known = ", ".join(sorted(input_names | set(by_name)))
                 raise err(f"input '{i}' is not defined (defined names: {known})", n.name)
     order, state = [], {}  # state: 1 visiting, 2 done
-
-    def visit(n: Node, path: list[str]):
-        if state.get(n.name) == 2:
-            return
-        if state.get(n.name) == 1:
-            cycle = path[path.index(n.name) :] + [n.name]
-            raise err(f"cycle: {' -> '.join(cycle)}; a node may only read earlier values", n.name)
-        state[n.name] = 1
-        for i in n.inputs:
-            if i in by_name:
-                visit(by_name[i], path + [n.name])
-        state[n.name] = 2
-        order.append(n)
-
-    for n in nodes:
-        visit(n, [])
+    for root in nodes:
+        if state.get(root.name) == 2:
+            continue
+        # Depth-first with an explicit stack: a long chain listed backwards must not hit
+        # Python's recursion limit. `path` names the nodes on the stack, in order.
+        state[root.name] = 1
+        path, stack = [root.name], [(root, iter(root.inputs))]
+        while stack:
+            n, pending = stack[-1]
+            i = next((i for i in pending if i in by_name and state.get(i) != 2), None)
+            if i is None:
+                stack.pop()
+                path.pop()
+                state[n.name] = 2
+                order.append(n)
+            elif state.get(i) == 1:
+                cycle = path[path.index(i) :] + [i]
+                raise err(f"cycle: {' -> '.join(cycle)}; a node may only read earlier values", i)
+            else:
+                state[i] = 1
+                path.append(i)
+                stack.append((by_name[i], iter(by_name[i].inputs)))
     return order
+
+
+def init_spec_problem(suffix: str, spec) -> str | None:
+    """What is wrong with an init spec like {normal: 0.01}, or None if nothing is."""
+    if not isinstance(spec, Mapping) or len(spec) != 1:
+        return f"init of '{suffix}' must be one of {{kind: value}}: {INIT_KINDS}, not {spec!r}"
+    ((kind, value),) = spec.items()
+    if kind not in INIT_KINDS:
+        return f"unknown init kind '{kind}' (known: {', '.join(INIT_KINDS)})"
+    if not is_number(value):
+        return f"init '{kind}' of '{suffix}' needs a number, got {value!r}"
+    return None
+
+
+def default_init_problem(suffix: str, spec) -> str | None:
+    """What is wrong with one entry of a graph's default `init:`, or None."""
+    if suffix not in DEFAULT_INIT:
+        return f"init names '{suffix}'; the kinds of parameter are {', '.join(DEFAULT_INIT)}"
+    return init_spec_problem(suffix, spec)
 
 
 def _check_init(node: Node, suffixes, err):
@@ -54,17 +79,9 @@ def _check_init(node: Node, suffixes, err):
                 f"{', '.join(suffixes) or 'none'}",
                 node.name,
             )
-        if not isinstance(spec, Mapping) or len(spec) != 1:
-            raise err(f"init of '{suffix}' must be one of {{kind: value}}: {INIT_KINDS}", node.name)
-        ((kind, value),) = spec.items()
-        if kind not in INIT_KINDS:
-            raise err(f"unknown init kind '{kind}' (known: {', '.join(INIT_KINDS)})", node.name)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-        ):
-            raise err(f"init '{kind}' of '{suffix}' needs a number, got {value!r}", node.name)
+        problem = init_spec_problem(suffix, spec)
+        if problem:
+            raise err(problem, node.name)
 
 
 def build_graph(
@@ -105,6 +122,10 @@ def build_graph(
             raise err(f"duplicate name '{n.name}': every node needs its own name", n.name)
         seen.add(n.name)
 
+    for suffix, spec in (default_init or {}).items():
+        problem = default_init_problem(suffix, spec)
+        if problem:
+            raise err(problem)
     default_init = {**DEFAULT_INIT, **(default_init or {})}
     shapes: dict[str, Shape] = {i.name: tuple(i.shape) for i in inputs}
     flops: dict[str, int] = {}

@@ -31,7 +31,7 @@ from google.protobuf.message import DecodeError
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from .checkpoint import check_params
-from .errors import AlexcError
+from .errors import AlexcError, is_number
 from .graph import build_graph
 from .ir import Graph, Input, Node, Op, Shape
 from .lower import LABELS, LOSS
@@ -1164,9 +1164,10 @@ def _opset(model: onnx.ModelProto, where: str) -> int:
     return opset
 
 
-def _metadata(model: onnx.ModelProto, graph_out: Shape) -> tuple[list | None, dict]:
+def _metadata(model: onnx.ModelProto, graph_out: Shape, channels: int) -> tuple[list | None, dict]:
     """Class names and preprocessing from metadata_props (as alexc exports them); anything
-    malformed there is ignored: it is optional description, not computation."""
+    malformed there (or a mean or std that is not one number per channel) is ignored: it is
+    optional description, not computation."""
     props = {p.key: p.value for p in model.metadata_props}
 
     def parsed(key):
@@ -1187,8 +1188,8 @@ def _metadata(model: onnx.ModelProto, graph_out: Shape) -> tuple[list | None, di
         values = parsed(key)
         if (
             isinstance(values, list)
-            and values
-            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+            and len(values) == channels
+            and all(is_number(v) and (key == "mean" or v > 0) for v in values)
             and any(v != identity for v in values)
         ):
             data[key] = [float(v) for v in values]
@@ -1224,7 +1225,7 @@ def _convert(proto, where, folder, input_shape, weights, seed) -> Imported:
     _check_names(proto.graph, where)
     im = _Importer(proto, where, _TensorReader(where, folder), _opset(proto, where))
     inputs, outputs, mapping = im.run(input_shape)
-    classes, data = _metadata(proto, im.env[proto.graph.output[0].name].shape)
+    classes, data = _metadata(proto, im.env[proto.graph.output[0].name].shape, inputs[0].shape[0])
     name = _clean(proto.graph.name) or (Path(where).stem if folder else "imported")
     graph = build_graph(name, inputs, im.nodes, outputs, classes=classes, data=data, source=where)
     if weights == "random":

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 from alexc_runtime.threads import ShardPool
 
-from .errors import AlexcError
+from .errors import AlexcError, SectionError, is_int, is_number
 
 CHUNK = 1 << 16  # elements per cache-sized piece of the update (256 KiB of float32)
 
@@ -123,8 +123,26 @@ def _parse_schedule(config) -> tuple[str, dict]:
         opts = opts or {}
         known = {"step": {"milestones", "factor"}, "plateau": {"factor", "patience"}}
         if kind in known and isinstance(opts, Mapping) and set(opts) <= known[kind]:
+            _check_schedule_values(kind, opts)
             return kind, dict(opts)
-    raise AlexcError(
-        f"train.schedule {config!r} is not understood; use constant, "
-        "{step: {milestones: [30, 60], factor: 0.1}} or {plateau: {factor: 0.1, patience: 3}}"
+    raise SectionError(
+        "train",
+        "schedule",
+        f"schedule {config!r} is not understood; use constant, "
+        "{step: {milestones: [30, 60], factor: 0.1}} or {plateau: {factor: 0.1, patience: 3}}",
     )
+
+
+def _check_schedule_values(kind: str, opts: Mapping) -> None:
+    def bad(what):
+        return SectionError("train", "schedule", f"schedule: {kind}: {what}")
+
+    factor = opts.get("factor", 0.1)
+    if not is_number(factor) or not 0 < factor <= 1:
+        raise bad(f"factor must be a number in (0, 1] (0.1 divides by 10), got {factor!r}")
+    milestones = opts.get("milestones", [])
+    if not isinstance(milestones, list) or not all(is_int(m) and m >= 0 for m in milestones):
+        raise bad(f"milestones must be a list of epochs (integers >= 0), got {milestones!r}")
+    patience = opts.get("patience", 3)
+    if not is_int(patience) or patience < 1:
+        raise bad(f"patience must be an integer >= 1 (epochs), got {patience!r}")

@@ -27,9 +27,11 @@ from alexc_runtime.sample_rng import SampleRng
 from .checkpoint import check_params, read_checkpoint, save_checkpoint
 from .compile import compile
 from .distributed import Single, batch_share, process_ranks
-from .errors import AlexcError, CheckpointError
+from .errors import AlexcError, CheckpointError, SectionError, is_int, is_number
+from .files import os_reason
 from .graph import with_classes
 from .ir import Graph, init_param
+from .memory import check_fits
 from .optim import SGD, Schedule
 
 TRAIN_KEYS = (
@@ -44,6 +46,9 @@ TRAIN_KEYS = (
 )
 
 
+VAL_BATCH = 256  # validation batches are at least this large: inference needs less memory
+
+
 @dataclass
 class Recipe:
     batch_size: int = 128
@@ -55,28 +60,53 @@ class Recipe:
     label_smoothing: float = 0.0
 
     @classmethod
-    def from_graph(cls, graph: Graph, **overrides) -> Recipe:
-        """The graph file's `train:` section, with non-None overrides on top."""
-        section = dict(graph.train)
-        unknown = sorted(set(section) - set(TRAIN_KEYS))
+    def from_section(cls, section: Mapping) -> Recipe:
+        """A graph file's `train:` section, every value checked (SectionError names the key)."""
+        section = dict(section)
+        unknown = sorted(str(k) for k in section if k not in TRAIN_KEYS)
         if unknown:
-            raise AlexcError(
-                f"{graph.source}: train: unknown key '{unknown[0]}' "
-                f"(known: {', '.join(TRAIN_KEYS)})"
+            raise SectionError(
+                "train", unknown[0], f"unknown key '{unknown[0]}' (known: {', '.join(TRAIN_KEYS)})"
             )
         if section.pop("optimizer", "sgd") != "sgd":
-            raise AlexcError(f"{graph.source}: train: optimizer must be sgd")
+            raise SectionError("train", "optimizer", "optimizer must be sgd")
         recipe = cls(**section)
+        recipe.check()
+        return recipe
+
+    @classmethod
+    def from_graph(cls, graph: Graph, **overrides) -> Recipe:
+        """The graph file's `train:` section, with non-None overrides on top."""
+        recipe = cls.from_section(graph.train)
         for k, v in overrides.items():
             if v is not None:
                 setattr(recipe, k, v)
-        for k in ("batch_size", "epochs"):
-            if not isinstance(getattr(recipe, k), int) or getattr(recipe, k) < 1:
-                raise AlexcError(f"train: {k} must be a positive integer")
-        if not recipe.lr > 0 or not math.isfinite(recipe.lr):
-            raise AlexcError("train: lr must be a positive number")
-        Schedule(recipe.schedule, recipe.lr)  # validates the schedule now, not epochs later
+        recipe.check()
         return recipe
+
+    def check(self) -> None:
+        """Refuse values training cannot use, naming the key and what it takes."""
+        for key, ok, want in (
+            ("batch_size", is_int(self.batch_size) and self.batch_size >= 1, "an integer >= 1"),
+            ("epochs", is_int(self.epochs) and self.epochs >= 1, "an integer >= 1"),
+            ("lr", is_number(self.lr) and self.lr > 0, "a number > 0"),
+            ("momentum", is_number(self.momentum) and 0 <= self.momentum < 1, "a number in [0, 1)"),
+            (
+                "weight_decay",
+                is_number(self.weight_decay) and self.weight_decay >= 0,
+                "a number >= 0",
+            ),
+            (
+                "label_smoothing",
+                is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1,
+                "a number in [0, 1)",
+            ),
+        ):
+            if not ok:
+                raise SectionError(
+                    "train", key, f"{key} must be {want}, got {getattr(self, key)!r}"
+                )
+        Schedule(self.schedule, self.lr)  # validates the schedule now, not epochs later
 
 
 @dataclass
@@ -166,6 +196,25 @@ def training_loader(
     )
 
 
+def training_need(graph: Graph, workers: int, prefetch: int = 4):
+    """Planned peak bytes of training at batch size b: the training step with its momentum
+    buffers, or validation (at batch max(b, 256)), whichever is larger, and the batches the
+    loader holds ready."""
+    from .memory import input_bytes, plan_peak
+
+    momentum = sum(math.prod(p.shape) for p in graph.params) * 4
+    held = prefetch + workers
+
+    def need(b: int) -> int:
+        val = max(b, VAL_BATCH)
+        return max(
+            plan_peak(graph, b, training=True) + momentum + held * input_bytes(graph, b),
+            plan_peak(graph, val, training=False) + held * input_bytes(graph, val),
+        )
+
+    return need
+
+
 def initial_params(graph: Graph, seed: int, init_weights: str | None, notice) -> dict:
     """Fresh parameters, or pretrained ones with mismatched tensors re-initialised."""
     params = graph.init_params(seed)
@@ -191,16 +240,32 @@ def initial_params(graph: Graph, seed: int, init_weights: str | None, notice) ->
 
 
 class MetricsLog:
-    """Appends one JSON object per line; flushed per line so a killed run keeps its log."""
+    """Appends one JSON object per line; flushed per line so a killed run keeps its log.
+
+    A line that cannot be written (a full disk) is one AlexcError naming the file; a torn last
+    line is what `load_run_metrics` ignores."""
 
     def __init__(self, path: Path):
-        self.file = open(path, "a", buffering=1)  # noqa: SIM115 - closed by close()
+        self.path = path
+        try:
+            self.file = open(path, "a", buffering=1)  # noqa: SIM115 - closed by close()
+        except OSError as e:
+            raise self._error(e) from None
 
     def write(self, **record):
-        self.file.write(json.dumps(record) + "\n")
+        try:
+            self.file.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise self._error(e) from None
 
     def close(self):
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:  # the unwritten rest of a line that already failed: reported then
+            pass
+
+    def _error(self, e: OSError) -> AlexcError:
+        return AlexcError(f"{self.path}: cannot write the metrics log ({os_reason(self.path, e)})")
 
 
 def train(
@@ -244,7 +309,7 @@ def train(
         if ranks.lead:
             out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise AlexcError(f"{out}: cannot create the run directory ({e.strerror})") from None
+        raise AlexcError(f"{out}: cannot create the run directory ({os_reason(out, e)})") from None
 
     resumed = read_checkpoint(resume) if resume is not None else None
     if resumed is not None:
@@ -255,6 +320,7 @@ def train(
         _run_settings(graph, data, train_src, recipe, seed, resume, init_weights)
         | {"checkpoint_every": checkpoint_every, "limit_batches": limit_batches}
     )
+    check_fits(training_need(graph, workers), recipe.batch_size, f"alexc train {graph.name}")
 
     state = RunState()
     momentum = None
@@ -384,7 +450,7 @@ def train(
             val_loader = Loader(
                 val_src,
                 augment,
-                batch_size=max(recipe.batch_size, 256),
+                batch_size=max(recipe.batch_size, VAL_BATCH),
                 train=False,
                 seed=seed,
                 workers=workers,

@@ -483,7 +483,7 @@ def test_data_pipeline_against_a_step_measured_for_the_ratio(mini, images):
     )  # fmt: skip
     assert json.loads(json.dumps(doc)) == doc
     assert doc["config"]["data"] == {"source": str(images), "workers": 2}
-    (d,) = doc["data"]  # 24 images hold no batch of 32: a note says so
+    (d,) = doc["data"]  # 21 training images (24 less 3 for val) hold no batch of 32: a note
     assert d["batch_size"] == 4 and d["repeats"] == 2
     assert d["batches"] == 2 * data_batches(4) and d["images"] == 4 * d["batches"] >= 512
     assert d["images_per_s_min"] <= d["images_per_s"] <= d["images_per_s_max"]
@@ -492,7 +492,10 @@ def test_data_pipeline_against_a_step_measured_for_the_ratio(mini, images):
     # The step was measured for the ratio only: the results keep to the modes asked for.
     assert {r["mode"] for r in doc["results"]} == {"infer"}
     notes = [n["reason"] for n in doc["skipped"] if n["executor"] == "data pipeline"]
-    assert notes == ["batch 32: not measured: the data set has no full batch of 32 readable images"]
+    assert notes == [
+        f"batch 32: not measured: {images}: 21 image(s), fewer than one batch of 32; "
+        "lower the batch size (--batch-size) or add images"
+    ]
 
 
 def test_missing_data_set_is_a_note_and_the_rows_stay(tmp_path):

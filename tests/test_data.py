@@ -23,7 +23,7 @@ from alexc.data import (
     open_source,
     read_idx,
 )
-from alexc.errors import DataError
+from alexc.errors import DataError, SectionError
 
 MEAN = (0.5, 0.4, 0.3)
 STD = (0.2, 0.25, 0.3)
@@ -497,17 +497,17 @@ def test_grayscale_resized_for_a_big_three_channel_graph():
 
 
 def test_config_errors_name_the_problem():
-    with pytest.raises(DataError, match=r"unknown key 'rotate' \(known: resize, crop"):
+    with pytest.raises(SectionError, match=r"unknown key 'rotate' \(known: resize, crop"):
         Augment.from_config({"rotate": 10}, (3, 32, 32))
-    with pytest.raises(DataError, match="crop 24 must match the graph's input size 32x32"):
+    with pytest.raises(SectionError, match="crop 24 must match the graph's input size 32x32"):
         Augment.from_config({"crop": 24}, (3, 32, 32))
-    with pytest.raises(DataError, match="pca_jitter needs 3 input channels"):
+    with pytest.raises(SectionError, match="pca_jitter needs 3 input channels"):
         Augment.from_config({"pca_jitter": 0.1}, (1, 28, 28))
-    with pytest.raises(DataError, match="mean needs 3 values"):
+    with pytest.raises(SectionError, match="mean needs 3 values"):
         Augment.from_config({"mean": [0.1, 0.2]}, (3, 8, 8))
-    with pytest.raises(DataError, match="resize .* at least the crop"):
+    with pytest.raises(SectionError, match="resize .* at least the crop"):
         Augment.from_config({"resize": 100}, (3, 227, 227))
-    with pytest.raises(DataError, match="flip must be true or false"):
+    with pytest.raises(SectionError, match="flip must be true or false"):
         Augment.from_config({"flip": "yes"}, (3, 8, 8))
     augment = Augment.from_config({"crop": [8, 8], "mean": 0.5}, (3, 8, 8))
     assert augment.mean == (0.5,) * 3 and augment.std == (1.0,) * 3 and not augment.flip
@@ -581,3 +581,105 @@ def test_a_worker_error_reaches_the_consumer():
         for _ in loader:
             seen += 1
     assert seen == 3 and not loader_threads()
+
+
+# --- bad samples never stop or skew a run ------------------------------------------------------
+
+
+def solid_folder(root: Path, per_class: int, bad_every: int) -> Path:
+    """Classes whose images are solid grey level 40 * (class + 1); every `bad_every`-th file
+    is corrupt (random bytes, or a PNG cut in half)."""
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        for i in range(per_class):
+            path = root / f"c{k}" / f"{i:03d}.png"
+            save(path, "L", 40 * (k + 1), "PNG")
+            if i % bad_every == bad_every - 1:
+                data = path.read_bytes()
+                path.write_bytes(rng.bytes(200) if i % 2 else data[: len(data) // 2])
+    return root
+
+
+def test_bad_images_mid_epoch_are_skipped_counted_and_never_shift_labels(tmp_path):
+    root = solid_folder(tmp_path / "solid", per_class=20, bad_every=4)
+    source = open_source(root, split="train", channels=1, val_fraction=0.0)
+    augment = Augment(channels=1, crop=(8, 8))
+    bad = {str(p) for p in source.paths if int(p.stem) % 4 == 3}
+    for epoch in range(2):  # the second epoch does not try the bad files again
+        loader = Loader(source, augment, batch_size=8, train=True, seed=0, epoch=epoch)
+        seen = 0
+        for x, y in loader:
+            # Each row's grey level says its class: a skipped image never shifts a label.
+            np.testing.assert_allclose(x[:, 0, 0, 0], 40 * (y + 1) / 255, atol=1e-6)
+            seen += len(y)
+        taken = [str(source.paths[i]) for i in loader.order()[: 7 * 8]]  # 7 full batches
+        assert seen == sum(p not in bad for p in taken) < 7 * 8
+        assert {p for p, _ in source.skipped} <= bad
+    assert len(source.skipped) == len({p for p, _ in source.skipped})  # each counted once
+
+
+def test_a_class_with_no_readable_image_is_one_line(tmp_path):
+    root = solid_folder(tmp_path / "solid", per_class=4, bad_every=4)
+    for path in (root / "c1").iterdir():
+        path.write_bytes(b"not an image")
+    with pytest.raises(
+        DataError, match=r"c1: none of its 4 image\(s\) can be read, e\.g\. .*000\.png"
+    ):
+        open_source(root, split="train", channels=1, val_fraction=0.0)
+
+
+def test_fewer_images_than_one_batch_is_one_line(tmp_path, run_cli):
+    root = solid_folder(tmp_path / "solid", per_class=2, bad_every=99)
+    graph = tmp_path / "g.yaml"
+    graph.write_text(
+        "input: {name: image, shape: [1, 8, 8]}\n"
+        "nodes:\n  - {name: flat, op: flatten}\n  - {name: fc, op: linear, units: 3}\n"
+    )
+    code, _, err = run_cli(
+        "train", graph, "--data", root, "--batch-size", 16, "--out", tmp_path / "r"
+    )
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
+    assert f"{root}: 3 image(s), fewer than one batch of 16" in lines[0], lines[0]
+
+
+def _png_claiming(path: Path, width: int, height: int) -> Path:
+    """A valid 8x8 PNG whose header (IHDR, checksum fixed) claims width x height."""
+    import zlib
+
+    save(path, "RGB", (1, 2, 3), "PNG")
+    data = bytearray(path.read_bytes())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_images_past_the_pixel_limit_are_skipped_before_decoding(tmp_path):
+    from alexc.data.sources import MAX_PIXELS
+
+    # Just past alexc's limit (Pillow only warns here), and far past Pillow's own refusal.
+    paths = [
+        _png_claiming(tmp_path / "c" / "big.png", 10_000, MAX_PIXELS // 10_000 + 1),
+        _png_claiming(tmp_path / "c" / "bomb.png", 100_000, 100_000),
+    ]
+    source = FolderSource(paths, [0, 0], ["c"], channels=3)
+    with pytest.warns(Image.DecompressionBombWarning):
+        assert source.decode(0) is None
+    assert source.decode(1) is None
+    reasons = dict(source.skipped)
+    assert "more than the 89,478,485 alexc decodes" in reasons[str(paths[0])]
+    assert "DecompressionBombError" in reasons[str(paths[1])]
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_size(tmp_path):
+    path = tmp_path / "c" / "large.jpg"
+    path.parent.mkdir()
+    Image.new("RGB", (4000, 3000), (90, 30, 60)).save(path, quality=90)
+    source = FolderSource([path], [0], ["c"], channels=3)
+    small = source.decode(0, min_side=224)
+    assert 224 <= min(small.shape[:2]) < 3000 / 4 and small.shape[2] == 3
+    x, _ = Loader(
+        source, Augment(channels=3, crop=(224, 224)), batch_size=1, train=False, seed=0
+    ).batch([0])
+    assert x.shape == (1, 3, 224, 224)

@@ -288,3 +288,94 @@ def test_broken_graph_files(tmp_path, run_cli, case):
 def test_missing_graph_file(run_cli, tmp_path):
     code, _, err = run_cli("summary", tmp_path / "nope.yaml")
     assert code == 1 and "no such graph file" in err and "Traceback" not in err
+
+
+# The train: and data: sections: each wrong value is one line naming the file, the line of
+# the key, the key and what it takes, from every command that reads a graph file.
+SECTIONS = (
+    TINY
+    + """\
+train:
+  batch_size: 8
+  epochs: 2
+  lr: 0.05
+  momentum: 0.9
+  weight_decay: 0.0005
+  label_smoothing: 0.1
+  schedule: {step: {milestones: [1], factor: 0.1}}
+data:
+  flip: true
+  mean: [0.5]
+  std: [0.25]
+"""
+)
+
+BAD_SECTIONS = {
+    "label_smoothing_text": ("label_smoothing: 0.1", "label_smoothing: abc", "label_smoothing"),
+    "label_smoothing_one": ("label_smoothing: 0.1", "label_smoothing: 1.0", "label_smoothing"),
+    "momentum_text": ("momentum: 0.9", "momentum: fast", "momentum must be a number in [0, 1)"),
+    "momentum_above_one": ("momentum: 0.9", "momentum: 1.5", "momentum"),
+    "weight_decay_negative": ("weight_decay: 0.0005", "weight_decay: -1", "weight_decay"),
+    "weight_decay_nan": ("weight_decay: 0.0005", "weight_decay: .nan", "weight_decay"),
+    "batch_size_float": ("batch_size: 8", "batch_size: 8.5", "batch_size must be an integer"),
+    "epochs_bool": ("epochs: 2", "epochs: true", "epochs must be an integer"),
+    "unknown_train_key": ("epochs: 2", "epoch: 2", "unknown key 'epoch'"),
+    "schedule_kind": ("{step: {milestones: [1], factor: 0.1}}", "{cosine: 1}", "schedule"),
+    "schedule_milestones": ("milestones: [1]", "milestones: abc", "milestones must be a list"),
+    "schedule_factor": ("factor: 0.1", "factor: ten", "factor must be a number"),
+    "mean_text": ("mean: [0.5]", "mean: abc", "mean must be a number or a list"),
+    "mean_length": ("mean: [0.5]", "mean: [0.5, 0.5, 0.5]", "mean needs 1 values"),
+    "mean_empty": ("mean: [0.5]", "mean: []", "mean must be a number or a list"),
+    "std_zero": ("std: [0.25]", "std: [0]", "std values must be positive"),
+    "flip_null": ("flip: true", "flip: null", "flip must be true or false"),
+    "resize_negative": ("flip: true", "resize: -4", "resize must be an integer >= 1"),
+    "resize_absurd": ("flip: true", "resize: 1000000", "resize (1000000) is absurd"),
+    "crop_mismatch": ("flip: true", "crop: 5", "must match the graph's input size 8x8"),
+    "crop_null": ("flip: true", "crop: null", "crop None must match"),
+    "pad_without_crop": ("flip: true", "pad: 2", "pad only applies with random_crop"),
+    "pca_gray": ("flip: true", "pca_jitter: 0.1", "pca_jitter needs 3 input channels"),
+    "unknown_data_key": ("flip: true", "rotate: 10", "unknown key 'rotate'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SECTIONS))
+def test_train_and_data_sections_are_checked_where_they_are_written(tmp_path, run_cli, case):
+    old, new, message = BAD_SECTIONS[case]
+    assert old in SECTIONS
+    text = SECTIONS.replace(old, new)
+    path = tmp_path / f"{case}.yaml"
+    path.write_text(text)
+    key = new.split(":")[0].strip("{ ")
+    line_no = next(i + 1 for i, t in enumerate(text.splitlines()) if new in t)
+    code, out, err = run_cli("export", path, "--onnx", tmp_path / "out.onnx")
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "Traceback" not in err, err
+    section = "train" if text.index(new) < text.index("data:") else "data"
+    assert lines[0].startswith(f"error: {path}:{line_no}: {section}: "), lines[0]
+    assert message in lines[0] and key in lines[0], lines[0]
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_good_sections_load_and_train_reads_them():
+    from alexc.data import Augment
+    from alexc.train import Recipe
+
+    graph = alexc.parse_graph(SECTIONS, "sections.yaml")
+    recipe = Recipe.from_graph(graph)
+    assert (recipe.momentum, recipe.label_smoothing, recipe.batch_size) == (0.9, 0.1, 8)
+    assert Augment.from_config(graph.data, graph.input.shape).std == (0.25,)
+
+
+def test_a_long_chain_listed_backwards_and_deep_nesting_are_errors_not_crashes():
+    # Found by hand beside the fuzzer: both once ended in RecursionError.
+    n = 3000
+    nodes = [
+        f"  - {{name: r{i}, op: relu, inputs: [{f'r{i - 1}' if i else 'x'}]}}" for i in range(n)
+    ]
+    text = "\n".join(
+        ["input: {name: x, shape: [4]}", "nodes:", *nodes[::-1], f"outputs: [r{n - 1}]"]
+    )
+    graph = alexc.parse_graph(text, "backwards.yaml")
+    assert [nd.name for nd in graph.nodes] == [f"r{i}" for i in range(n)]
+    with pytest.raises(alexc.GraphError, match=r"deep.yaml: nested too deeply"):
+        alexc.parse_graph("input: " + "[" * 5000 + "]" * 5000, "deep.yaml")

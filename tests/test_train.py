@@ -524,7 +524,11 @@ def test_eval_bad_input(tiny, folder, run_cli, args, message, tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     save_checkpoint("w.safetensors", graph.init_params(0))
     alexc.export_onnx(graph, graph.init_params(0), "w.onnx")
-    other = alexc.parse_graph(TINY.replace("shape: [3, 8, 8]", "shape: [1, 8, 8]"))
+    other = alexc.parse_graph(
+        TINY.replace("shape: [3, 8, 8]", "shape: [1, 8, 8]").replace(
+            "mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]", "mean: [0.5], std: [0.25]"
+        )
+    )
     alexc.export_onnx(other, other.init_params(0), "other.onnx")
     code, _, err = run_cli("eval", graph_path, "--data", folder, *args)
     assert code == 1 and message in err and "Traceback" not in err

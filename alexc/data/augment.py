@@ -16,12 +16,15 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
-from alexc.errors import DataError
+from alexc.errors import DataError, SectionError, is_int, is_number
 
 # Columns of sample_uniforms: crop row, crop column, flip, then four for three normals (PCA).
 CROP_Y, CROP_X, FLIP, NORMALS, DRAWS = 0, 1, 2, slice(3, 7), 7
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+# `resize` beyond this many times the crop decodes absurdly large images for nothing.
+MAX_RESIZE = 16
 
 
 def _mix(z: np.ndarray) -> np.ndarray:
@@ -122,41 +125,58 @@ class Augment:
         set_(self, "std", tuple(self.std) if self.std is not None else (1.0,) * self.channels)
         if self.channels not in (1, 3):
             raise DataError(f"data: graphs take 1 or 3 input channels, not {self.channels}")
+
+        def bad(key, what):
+            return SectionError("data", key, what)
+
         if self.resize is not None and self.resize < max(self.crop):
-            raise DataError(f"data: resize ({self.resize}) must be at least the crop {self.crop}")
+            raise bad("resize", f"resize ({self.resize}) must be at least the crop {self.crop}")
+        if self.resize is not None and self.resize > MAX_RESIZE * max(self.crop):
+            raise bad(
+                "resize",
+                f"resize ({self.resize}) is absurd for a {max(self.crop)} px crop; "
+                f"at most {MAX_RESIZE}x the crop",
+            )
         if self.pad and not self.random_crop:
-            raise DataError("data: pad only applies with random_crop: true")
+            raise bad("pad", "pad only applies with random_crop: true")
+        if self.pad > max(self.crop):
+            raise bad("pad", f"pad ({self.pad}) must be at most the crop's side {max(self.crop)}")
         if self.pca_jitter and self.channels != 3:
-            raise DataError(
-                f"data: pca_jitter needs 3 input channels, the graph has {self.channels}"
+            raise bad(
+                "pca_jitter", f"pca_jitter needs 3 input channels, the graph has {self.channels}"
             )
         for name in ("mean", "std"):
             if len(getattr(self, name)) != self.channels:
-                raise DataError(
-                    f"data: {name} needs {self.channels} values (one per channel), "
-                    f"got {list(getattr(self, name))}"
+                raise bad(
+                    name,
+                    f"{name} needs {self.channels} values (one per channel), "
+                    f"got {list(getattr(self, name))}",
                 )
         if min(self.std) <= 0:
-            raise DataError(f"data: std values must be positive, got {list(self.std)}")
+            raise bad("std", f"std values must be positive, got {list(self.std)}")
 
     @classmethod
     def from_config(cls, data: Mapping, input_shape: tuple[int, int, int]) -> Augment:
         """Parse a graph file's `data:` section for an input of shape (C, H, W)."""
         unknown = sorted(str(k) for k in data if k not in cls.KEYS)
         if unknown:
-            raise DataError(f"data: unknown key '{unknown[0]}' (known: {', '.join(cls.KEYS)})")
+            raise SectionError(
+                "data", unknown[0], f"unknown key '{unknown[0]}' (known: {', '.join(cls.KEYS)})"
+            )
         channels, height, width = (int(v) for v in input_shape)
 
         def integer(key, default, least):
             value = data.get(key, default)
-            if value is not None and (type(value) is not int or value < least):
-                raise DataError(f"data: {key} must be an integer >= {least}, got {value!r}")
+            if value is not None and (not is_int(value) or value < least):
+                raise SectionError(
+                    "data", key, f"{key} must be an integer >= {least}, got {value!r}"
+                )
             return value
 
         def flag(key):
             value = data.get(key, False)
             if not isinstance(value, bool):
-                raise DataError(f"data: {key} must be true or false, got {value!r}")
+                raise SectionError("data", key, f"{key} must be true or false, got {value!r}")
             return value
 
         def per_channel(key):
@@ -164,19 +184,29 @@ class Augment:
             if value is None:
                 return None
             values = value if isinstance(value, list | tuple) else [value] * channels
-            if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-                raise DataError(f"data: {key} must be a number or a list of numbers, got {value!r}")
+            if not values or not all(is_number(v) for v in values):
+                raise SectionError(
+                    "data",
+                    key,
+                    f"{key} must be a number or a list of one number per channel ({channels}), "
+                    f"got {value!r}",
+                )
             return tuple(float(v) for v in values)
 
         crop = data.get("crop", [height, width])
-        crop = [crop, crop] if type(crop) is int else crop
-        if list(crop) != [height, width]:
-            raise DataError(
-                f"data: crop {data['crop']!r} must match the graph's input size {height}x{width}"
+        if crop != [height, width] and not (is_int(crop) and crop == height == width):
+            raise SectionError(
+                "data",
+                "crop",
+                f"crop {crop!r} must match the graph's input size {height}x{width}",
             )
         jitter = data.get("pca_jitter", 0.0)
-        if not isinstance(jitter, int | float) or isinstance(jitter, bool) or jitter < 0:
-            raise DataError(f"data: pca_jitter must be a number >= 0 (paper: 0.1), got {jitter!r}")
+        if not is_number(jitter) or jitter < 0:
+            raise SectionError(
+                "data",
+                "pca_jitter",
+                f"pca_jitter must be a number >= 0 (paper: 0.1), got {jitter!r}",
+            )
         return cls(
             channels=channels,
             crop=(height, width),

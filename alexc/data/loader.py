@@ -63,8 +63,9 @@ class Loader:
         ):
             if not isinstance(value, int | np.integer) or value < least:
                 raise DataError(f"loader: {name} must be an integer >= {least}, got {value!r}")
-        if len(source) == 0:
-            raise DataError("the data source has no images")
+        n = len(source)
+        if n == 0:
+            raise DataError(f"{source.origin}: no images")
         self.source, self.augment, self.train = source, augment, train
         self.batch_size, self.seed = batch_size, seed
         self.epoch, self.start_batch = epoch, start_batch
@@ -72,6 +73,11 @@ class Loader:
         self.drop_last = train if drop_last is None else drop_last
         self.part = part
         n = len(source)
+        if self.drop_last and n < batch_size:
+            raise DataError(
+                f"{source.origin}: {n} image(s), fewer than one batch of {batch_size}; "
+                "lower the batch size (--batch-size) or add images"
+            )
         self.batches_per_epoch = n // batch_size if self.drop_last else -(-n // batch_size)
         # The eigen-decomposition is estimated once per (source, seed) and cached on the source.
         use_pca = train and augment.pca_jitter > 0

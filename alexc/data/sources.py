@@ -38,6 +38,9 @@ IMAGE_SUFFIXES = frozenset(
     | {".ppm", ".pgm", ".pbm", ".pnm"}
 )
 SPLITS = ("train", "val", "test")
+# Images with more pixels are skipped, not decoded: Pillow's default decompression-bomb
+# threshold (it warns above this and refuses above twice this), 358 MB decoded as RGBA.
+MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3
 
 # IDX magic: two zero bytes, a type code, the number of dimensions; then big-endian uint32 dims.
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -68,6 +71,8 @@ def read_idx(path: str | Path) -> np.ndarray:
             if len(dims_raw) < 4 * ndim:
                 raise DataError(f"{path}: truncated IDX file (header cut short)")
             dims = tuple(int.from_bytes(dims_raw[4 * k : 4 * k + 4], "big") for k in range(ndim))
+            if 0 in dims:  # no data; and NumPy cannot even shape (2**32 - 1, 0, 2**28)
+                raise DataError(f"{path}: the IDX file holds no data (its dims are {dims})")
             nbytes = math.prod(dims) * dtype.itemsize
             expected = 4 + 4 * ndim + nbytes
             if size != (expected % 2**32 if is_gzip else expected):
@@ -75,12 +80,24 @@ def read_idx(path: str | Path) -> np.ndarray:
                     f"{path}: truncated or malformed IDX file: its header promises {dims} of "
                     f"{dtype.name} ({expected} bytes) but the file holds {size} bytes"
                 )
-            data = f.read(nbytes)
+            data = _read_up_to(f, nbytes)
             if len(data) != nbytes or f.read(1):
                 raise DataError(f"{path}: truncated or malformed IDX file (payload size differs)")
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read IDX file ({e})") from None
     return np.frombuffer(data, dtype).reshape(dims).astype(dtype.newbyteorder("="), copy=False)
+
+
+def _read_up_to(f, nbytes: int, chunk: int = 1 << 24) -> bytearray:
+    """At most `nbytes` from `f`, in chunks: memory grows with what the file really holds, not
+    with what a forged header promises (a gzip trailer records the size only mod 2**32)."""
+    data = bytearray()
+    while len(data) < nbytes:
+        piece = f.read(min(chunk, nbytes - len(data)))
+        if not piece:
+            break
+        data += piece
+    return data
 
 
 def image_to_array(img: Image.Image, channels: int) -> np.ndarray:
@@ -126,6 +143,8 @@ class Source:
     `channels` is what the graph wants; `stored_channels` is what `decode` returns (1 when a
     grayscale set feeds a 3-channel graph: the loader broadcasts, saving work and memory).
     """
+
+    origin = "the data"  # where the images come from, for messages; open_source names it
 
     def __init__(self, classes: Sequence[str], labels, channels: int, stored_channels: int):
         if channels not in (1, 3):
@@ -231,15 +250,34 @@ class FolderSource(Source):
             return None
         path = self.paths[i]
         try:
-            with Image.open(path) as img:
+            with Image.open(path) as img:  # reads the header only
                 if min_side and img.format == "JPEG":
                     # DCT scaling: decode at 1/2, 1/4 or 1/8 size, never below min_side.
                     img.draft("RGB" if self.channels == 3 else "L", (min_side, min_side))
+                if img.width * img.height > MAX_PIXELS:
+                    raise DataError(
+                        f"{img.width}x{img.height} pixels, more than the {MAX_PIXELS:,} "
+                        "alexc decodes (Pillow's decompression-bomb limit)"
+                    )
                 img.load()
                 return image_to_array(img, self.channels)
         except Exception as e:  # noqa: BLE001 - decoders raise many types; any means "skip it"
             self._skip(i, str(path), f"{type(e).__name__}: {e}")
             return None
+
+    def check_classes(self, where: Path) -> None:
+        """Refuse a class none of whose images decodes (trying each in turn until one does);
+        the ones that fail are recorded in `skipped` as usual."""
+        for label, name in enumerate(self.classes):
+            members = np.flatnonzero(self.labels == label)
+            if len(members) and all(self.decode(int(i)) is None for i in members):
+                example, reason = next(
+                    s for s in self.skipped if s[0] == str(self.paths[members[0]])
+                )
+                raise DataError(
+                    f"{where / name}: none of its {len(members)} image(s) can be read, "
+                    f"e.g. {example}: {reason}"
+                )
 
 
 def open_source(
@@ -275,8 +313,11 @@ def open_source(
         if m and p.is_file():
             idx_files[(m[1], m[2])] = p
     if idx_files:
-        return _idx_source(root, idx_files, split, channels)
-    return _folder_source(root, split, channels, val_fraction, seed)
+        source = _idx_source(root, idx_files, split, channels)
+    else:
+        source = _folder_source(root, split, channels, val_fraction, seed)
+    source.origin = str(root)
+    return source
 
 
 def _idx_source(root: Path, files: dict, split: str, channels: int) -> ArraySource:
@@ -289,9 +330,11 @@ def _idx_source(root: Path, files: dict, split: str, channels: int) -> ArraySour
             )
     images_path, labels_path = files[(prefix, "images")], files[(prefix, "labels")]
     images, labels = read_idx(images_path), read_idx(labels_path)
-    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+    channels_ok = images.ndim == 3 or images.ndim == 4 and images.shape[3] in (1, 3)
+    if images.dtype != np.uint8 or not channels_ok:
         raise DataError(
-            f"{images_path}: expected uint8 images (N, H, W), got {images.dtype} {images.shape}"
+            f"{images_path}: expected uint8 images (N, H, W) or (N, H, W, 1|3), "
+            f"got {images.dtype} {images.shape}"
         )
     if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != len(images):
         raise DataError(
@@ -308,6 +351,7 @@ def _idx_source(root: Path, files: dict, split: str, channels: int) -> ArraySour
 
 
 def _folder_source(root: Path, split: str, channels: int, val_fraction: float, seed: int):
+    sub = None
     if (root / "train").is_dir() and (root / "val").is_dir():
         classes = _class_names(root / "train")
         sub = split if split != "test" or (root / "test").is_dir() else "val"
@@ -338,7 +382,9 @@ def _folder_source(root: Path, split: str, channels: int, val_fraction: float, s
             labels += [label] * len(chosen)
         if not paths:
             raise DataError(f"{root}: the {split} split is empty (val_fraction={val_fraction})")
-    return FolderSource(paths, labels, classes, channels=channels)
+    source = FolderSource(paths, labels, classes, channels=channels)
+    source.check_classes(root / sub if sub else root)
+    return source
 
 
 def _class_names(root: Path) -> list[str]:
