@@ -30,17 +30,30 @@ def _root():
 GraphArg = typer.Argument(..., help="graph file (YAML), e.g. graphs/alexnet.yaml")
 
 
+def _wrote(path: Path, as_json: bool) -> None:
+    """Say where a picture went: on stderr when stdout carries JSON."""
+    print(f"wrote {path}", file=sys.stderr if as_json else sys.stdout)
+
+
 @app.command()
 def summary(
     graph: Path = GraphArg,
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="batch size for shapes"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
+    diagram: Path = typer.Option(
+        None, "--diagram", help="also draw the network as boxes and arrows (.svg or .png)"
+    ),
 ):
     """Shapes, parameters, FLOPs and activation memory of every node."""
     from .frontend import load_graph
     from .summary import render, summarize
 
-    result = summarize(load_graph(graph), batch_size)
+    g = load_graph(graph)
+    if diagram is not None:
+        from .diagram import draw_diagram
+
+        _wrote(draw_diagram(g, diagram), as_json)
+    result = summarize(g, batch_size)
     if as_json:
         print(json.dumps(result, indent=2))
     else:
@@ -160,7 +173,12 @@ def evaluate(
         False, "--ten-crop", help="average 10 crops (corners, centre, and their mirrors) per image"
     ),
     executor: ExecutorChoice = typer.Option(ExecutorChoice.numpy, "--executor", "-e"),
-    as_json: bool = typer.Option(False, "--json", help="print {top1, top5, loss, images}"),
+    as_json: bool = typer.Option(
+        False, "--json", help="print {top1, top5, loss, images, classes, confusion}"
+    ),
+    confusion: Path = typer.Option(
+        None, "--confusion", help="draw the confusion matrix to this .png or .svg"
+    ),
 ):
     """Top-1 and top-5 accuracy of trained weights on a data set."""
     from dataclasses import replace
@@ -170,6 +188,10 @@ def evaluate(
 
     if split not in ("val", "test"):
         raise AlexcError(f"--split must be val or test, not {split!r}")
+    if confusion is not None:
+        from .plot import picture_format
+
+        picture_format(confusion)
     g, params = _weights_graph(graph, weights)
     source = open_source(data, split=split, channels=g.input.shape[0])
     if len(source.classes) != g.shapes[g.outputs[0]][0]:
@@ -183,8 +205,15 @@ def evaluate(
         augment = replace(augment, ten_crop=True)
     predictor = _predictor(g, params, executor, threads, batch_size)
     with Loader(source, augment, batch_size=batch_size, train=False, seed=0) as loader:
-        result = run_eval(predictor, loader, crops=crops)
+        result = run_eval(predictor, loader, crops=crops, confusion=True)
     result["executor"] = executor.value
+    result["classes"] = list(source.classes)
+    if confusion is not None:
+        from .plot import plot_confusion
+
+        title = f"{g.name} on {Path(data).name} ({split}), weights {weights.name}"
+        path = plot_confusion(np.array(result["confusion"]), source.classes, confusion, title)
+        _wrote(path, as_json)
     if as_json:
         print(json.dumps(result))
     else:
@@ -205,6 +234,12 @@ def infer(
     top: int = typer.Option(5, "--top", min=1, help="how many classes to show per image"),
     threads: int = ThreadsOpt,
     as_json: bool = typer.Option(False, "--json", help="print a JSON list, one entry per image"),
+    explain: Path = typer.Option(
+        None,
+        "--explain",
+        help="draw the image's activations through the conv layers to this .png or .svg "
+        "(one image; NumPy executor)",
+    ),
 ):
     """Classify images: class names and probabilities."""
     from .data import Augment, FolderSource, Loader
@@ -215,6 +250,12 @@ def infer(
     for path in images:
         if not path.is_file():
             raise AlexcError(f"{path}: no such image file")
+    if explain is not None:
+        from .plot import picture_format
+
+        picture_format(explain)
+        if len(images) != 1:
+            raise AlexcError(f"--explain draws one image's activations; {len(images)} were given")
     source = FolderSource(
         images, np.zeros(len(images), np.int64), classes, channels=g.input.shape[0]
     )
@@ -241,6 +282,13 @@ def infer(
                 ],
             }
         )
+    if explain is not None:
+        from .plot import plot_activations
+
+        best = results[0]["top"][0]
+        title = f"{readable[0].name}: {best['class']} ({best['probability']:.3f})"
+        path = plot_activations(g, params, x, explain, title)
+        _wrote(path, as_json)
     if as_json:
         print(json.dumps(results, indent=2))
         return
@@ -254,12 +302,28 @@ def infer(
 @app.command()
 def plot(
     run_dir: Path = typer.Argument(..., help="a run directory written by alexc train"),
-    out: Path = typer.Option(None, "--out", "-o", help="PNG to write (default RUN_DIR/curves.png)"),
+    out: Path = typer.Option(
+        None, "--out", "-o", help=".png or .svg to write (default RUN_DIR/curves.png)"
+    ),
 ):
-    """Draw the loss and accuracy curves of a run as a PNG."""
+    """Draw the loss, accuracy and learning-rate curves of a run."""
     from .plot import plot_run
 
     console.print(f"wrote {plot_run(run_dir, out)}", highlight=False)
+
+
+@app.command()
+def filters(
+    graph: Path = GraphArg,
+    weights: Path = WeightsOpt,
+    out: Path = typer.Option(Path("filters.png"), "--out", "-o", help=".png or .svg to write"),
+):
+    """Draw the first conv layer's filters as a grid, one block per tower."""
+    from .plot import picture_format, plot_filters
+
+    picture_format(out)
+    g, params = _weights_graph(graph, weights)
+    console.print(f"wrote {plot_filters(g, params, out)}", highlight=False)
 
 
 def _register_commands():
