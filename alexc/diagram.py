@@ -120,7 +120,8 @@ def draw_diagram(graph: Graph, out: str | Path) -> Path:
     rows: dict[int, list[Box]] = {}
     for name, node_boxes in drawn.items():
         rows.setdefault(depth[name], []).extend(node_boxes)
-    width = max(len(r) * (BOX_WIDTH + GAP) for r in rows.values()) + GAP
+    widest = max(len(r) for r in rows.values()) * (BOX_WIDTH + GAP) + GAP
+    width = max(widest + 0.4, 5.5)  # room for the title, and for skip arrows on the right
     height = (max(rows) + 1) * ROW_HEIGHT + 0.7
     fig = new_figure(width, height)
     fig.set_layout_engine(None)
@@ -143,10 +144,16 @@ def draw_diagram(graph: Graph, out: str | Path) -> Path:
         for src in n.inputs:
             for a, b in _edges(drawn[src], drawn[n.name]):
                 (x0, y0), (x1, y1) = centre[(src, a)], centre[(n.name, b)]
+                if depth[n.name] - depth[src] > 1:  # around the boxes between, on the right
+                    ends = (x0 + BOX_WIDTH / 2, y0), (x1 + BOX_WIDTH / 2, y1)
+                    style = "bar,armA=-14,armB=-14,fraction=0"
+                else:
+                    ends = (x0, y0 + BOX_HEIGHT / 2), (x1, y1 - BOX_HEIGHT / 2)
+                    style = "arc3"
                 ax.add_patch(
                     FancyArrowPatch(
-                        (x0, y0 + BOX_HEIGHT / 2),
-                        (x1, y1 - BOX_HEIGHT / 2),
+                        *ends,
+                        connectionstyle=style,
                         arrowstyle="-|>",
                         mutation_scale=8,
                         lw=0.8,
