@@ -75,7 +75,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     best = max(epochs, key=lambda r: (r["val_top1"], -r["epoch"]))  # first of equals, as train
 
     fig = new_figure(15, 4.4)
-    loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
+    loss_ax, acc_ax, lr_ax = fig.subplots(1, 3, sharex=True)
     if steps:
         loss_ax.plot(
             [r["step"] for r in steps],
@@ -85,13 +85,23 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
             lw=1,
             label="train loss (one batch, every 50 steps)",
         )
-    loss_ax.plot(end, [r["train_loss"] for r in epochs], "o-", color="tab:blue", label="train loss")
+    loss_ax.plot(
+        end,
+        [r["train_loss"] for r in epochs],
+        "o-",
+        color="tab:blue",
+        label="train loss (epoch mean)",
+    )
     loss_ax.plot(end, [r["val_loss"] for r in epochs], "s-", color="tab:orange", label="val loss")
     loss_ax.set(title="loss", ylabel="cross-entropy")
 
     if all("train_top1" in r for r in epochs):
         acc_ax.plot(
-            end, [r["train_top1"] for r in epochs], "o-", color="tab:blue", label="train top-1"
+            end,
+            [r["train_top1"] for r in epochs],
+            "o-",
+            color="tab:blue",
+            label="train top-1 (epoch mean)",
         )
     acc_ax.plot(end, [r["val_top1"] for r in epochs], "s-", color="tab:orange", label="val top-1")
     acc_ax.plot(end, [r["val_top5"] for r in epochs], "^-", color="tab:green", label="val top-5")
@@ -118,6 +128,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     for ax in (loss_ax, acc_ax, lr_ax):
         ax.axvline(best["step"], color="tab:red", ls="--", lw=1)
         ax.set_xlabel("step")
+        ax.set_xlim(left=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
         top = ax.secondary_xaxis("top")
