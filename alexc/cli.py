@@ -30,17 +30,30 @@ def _root():
 GraphArg = typer.Argument(..., help="graph file (YAML), e.g. graphs/alexnet.yaml")
 
 
+def _wrote(path: Path, as_json: bool) -> None:
+    """Say where a picture went: on stderr when stdout carries JSON."""
+    print(f"wrote {path}", file=sys.stderr if as_json else sys.stdout)
+
+
 @app.command()
 def summary(
     graph: Path = GraphArg,
     batch_size: int = typer.Option(1, "--batch-size", "-b", min=1, help="batch size for shapes"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
+    diagram: Path = typer.Option(
+        None, "--diagram", help="also draw the network as boxes and arrows (.svg or .png)"
+    ),
 ):
     """Shapes, parameters, FLOPs and activation memory of every node."""
     from .frontend import load_graph
     from .summary import render, summarize
 
-    result = summarize(load_graph(graph), batch_size)
+    g = load_graph(graph)
+    if diagram is not None:
+        from .diagram import draw_diagram
+
+        _wrote(draw_diagram(g, diagram), as_json)
+    result = summarize(g, batch_size)
     if as_json:
         print(json.dumps(result, indent=2))
     else:
@@ -239,7 +252,12 @@ def evaluate(
         False, "--ten-crop", help="average 10 crops (corners, centre, and their mirrors) per image"
     ),
     executor: ExecutorChoice = ExecutorOpt,
-    as_json: bool = typer.Option(False, "--json", help="print {top1, top5, loss, images}"),
+    as_json: bool = typer.Option(
+        False, "--json", help="print {top1, top5, loss, images, classes, confusion}"
+    ),
+    confusion: Path = typer.Option(
+        None, "--confusion", help="draw the confusion matrix to this .png or .svg"
+    ),
 ):
     """Top-1 and top-5 accuracy of trained weights (or an exported ONNX file) on a data set."""
     from dataclasses import replace
@@ -251,6 +269,10 @@ def evaluate(
 
     if split not in ("val", "test"):
         raise AlexcError(f"--split must be val or test, not {split!r}")
+    if confusion is not None:
+        from .plot import picture_format
+
+        picture_format(confusion)
     g, predictor, _, num_classes, model = _model(
         graph, weights, onnx_file, executor, threads, batch_size
     )
@@ -271,10 +293,17 @@ def evaluate(
     ranks = process_ranks()
     loader = Loader(source, augment, batch_size=batch_size, train=False, seed=0, part=ranks.part)
     with loader:
-        result = run_eval(predictor, loader, crops=crops, ranks=ranks)
+        result = run_eval(predictor, loader, crops=crops, ranks=ranks, confusion=True)
     result["executor"] = predictor.name
+    result["classes"] = list(source.classes)
     if not ranks.lead:
         return
+    if confusion is not None:
+        from .plot import plot_confusion
+
+        title = f"{g.name} on {Path(data).name} ({split}), {Path(model).name}"
+        path = plot_confusion(np.array(result["confusion"]), source.classes, confusion, title)
+        _wrote(path, as_json)
     if as_json:
         print(json.dumps(result))
     else:
@@ -296,6 +325,12 @@ def infer(
     top: int = typer.Option(5, "--top", min=1, help="how many classes to show per image"),
     threads: int = ThreadsOpt,
     as_json: bool = typer.Option(False, "--json", help="print a JSON list, one entry per image"),
+    explain: Path = typer.Option(
+        None,
+        "--explain",
+        help="draw the image's activations through the conv layers to this .png or .svg "
+        "(one image; NumPy executor)",
+    ),
 ):
     """Classify images: class names and probabilities."""
     from .data import Augment, FolderSource, Loader
@@ -305,6 +340,14 @@ def infer(
     for path in images:
         if not path.is_file():
             raise AlexcError(f"{path}: no such image file")
+    if explain is not None:
+        from .plot import picture_format
+
+        picture_format(explain)
+        if len(images) != 1:
+            raise AlexcError(f"--explain draws one image's activations; {len(images)} were given")
+        if weights is None:
+            raise AlexcError("--explain runs the NumPy executor: give --weights CKPT, not --onnx")
     source = FolderSource(images, np.zeros(len(images), np.int64), [], channels=g.input.shape[0])
     augment = Augment.from_config(g.data, g.input.shape)
     with Loader(source, augment, batch_size=len(images), train=False, seed=0) as loader:
@@ -332,6 +375,13 @@ def infer(
                 ],
             }
         )
+    if explain is not None:
+        from .plot import plot_activations
+
+        best = results[0]["top"][0]
+        title = f"{readable[0].name}: {best['class']} ({best['probability']:.3f})"
+        path = plot_activations(*_weights_graph(graph, weights), x, explain, title)
+        _wrote(path, as_json)
     if as_json:
         print(json.dumps(results, indent=2))
         return
@@ -345,12 +395,28 @@ def infer(
 @app.command()
 def plot(
     run_dir: Path = typer.Argument(..., help="a run directory written by alexc train"),
-    out: Path = typer.Option(None, "--out", "-o", help="PNG to write (default RUN_DIR/curves.png)"),
+    out: Path = typer.Option(
+        None, "--out", "-o", help=".png or .svg to write (default RUN_DIR/curves.png)"
+    ),
 ):
-    """Draw the loss and accuracy curves of a run as a PNG."""
+    """Draw the loss, accuracy and learning-rate curves of a run."""
     from .plot import plot_run
 
     console.print(f"wrote {plot_run(run_dir, out)}", highlight=False)
+
+
+@app.command()
+def filters(
+    graph: Path = GraphArg,
+    weights: Path = WeightsOpt,
+    out: Path = typer.Option(Path("filters.png"), "--out", "-o", help=".png or .svg to write"),
+):
+    """Draw the first conv layer's filters as a grid, one block per tower."""
+    from .plot import picture_format, plot_filters
+
+    picture_format(out)
+    g, params = _weights_graph(graph, weights)
+    console.print(f"wrote {plot_filters(g, params, out)}", highlight=False)
 
 
 def _register_commands():
