@@ -328,6 +328,21 @@ def test_unreadable_images_are_counted_on_the_console_and_in_metrics(
     assert printed.count("skipped 3 unreadable image(s) so far (3 new)") == 1
 
 
+def test_graph_files_schedule_runs_per_step(tmp_path, folder):
+    """train.schedule and label_smoothing of a graph file reach the trainer: the warm-up
+    starts at lr / steps of one epoch and the cosine is at half of lr halfway through."""
+    graph_file = tmp_path / "cosine.yaml"
+    recipe = "label_smoothing: 0.1, schedule: {cosine: {warmup: 1}}, epochs: 2}"
+    graph_file.write_text(TINY.replace("epochs: 2}", recipe))
+    graph = alexc.load_graph(graph_file)
+    train(graph, data=str(folder), out=tmp_path / "run", threads=1)
+    records = _records(tmp_path / "run")
+    assert records[0]["recipe"]["label_smoothing"] == 0.1
+    lrs = [r["lr"] for r in records if r["event"] == "epoch"]
+    steps = records[-1]["step"] // 2
+    assert lrs == pytest.approx([0.05 / steps, 0.05 * 0.5])
+
+
 def test_divergence_is_logged_with_its_step(tiny, folder, tmp_path):
     graph, _ = tiny
     with pytest.raises(alexc.AlexcError, match="step"):
