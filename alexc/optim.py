@@ -110,7 +110,7 @@ class Schedule:
         else:
             rate = self.base_lr
         if done < self.warmup:
-            rate *= (done * batches + 1) / (self.warmup * batches)
+            rate *= min(1.0, (done * batches + 1) / (self.warmup * batches))
         return rate
 
     def end_epoch(self, metric: float) -> None:

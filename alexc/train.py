@@ -286,7 +286,7 @@ def train(
             "graph": graph.fingerprint(),
             "graph_name": graph.name,
             "classes": list(graph.classes or []),
-            "lr": schedule.lr(state.epoch),
+            "lr": lr_now,
             "epoch": state.epoch,
             "step": state.step,
             "recipe": asdict(recipe),
@@ -296,6 +296,7 @@ def train(
         save_checkpoint(path, params, momentum=sgd.buffers, meta=meta)
 
     final = {}
+    lr_now = schedule.lr(state.epoch)
     started = time.perf_counter()
     updating = False
     sigint = _DeferredInterrupt()
@@ -386,7 +387,7 @@ def train(
                 "event": "epoch",
                 "epoch": epoch + 1,
                 "step": state.step,
-                "lr": schedule.lr(epoch),
+                "lr": schedule.lr(epoch, 0, total),  # at the epoch's first step
                 "train_loss": loss_sum / max(seen, 1),
                 "train_top1": correct / max(seen, 1),
                 "val_top1": val["top1"],

@@ -332,8 +332,8 @@ def test_graph_files_schedule_runs_per_step(tmp_path, folder):
     """train.schedule and label_smoothing of a graph file reach the trainer: the warm-up
     starts at lr / steps of one epoch and the cosine is at half of lr halfway through."""
     graph_file = tmp_path / "cosine.yaml"
-    recipe = "label_smoothing: 0.1, schedule: {cosine: {warmup: 1}}, epochs: 2}"
-    graph_file.write_text(TINY.replace("epochs: 2}", recipe))
+    recipe = "weight_decay: 0.0005, label_smoothing: 0.1, schedule: {cosine: {warmup: 1}}}"
+    graph_file.write_text(TINY.replace("weight_decay: 0.0005}", recipe))
     graph = alexc.load_graph(graph_file)
     train(graph, data=str(folder), out=tmp_path / "run", threads=1)
     records = _records(tmp_path / "run")
