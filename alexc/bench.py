@@ -572,7 +572,7 @@ def measure_data(
     """Images/s of `alexc train`'s training loader on `data`, per batch size; returns the
     measurements and a note for each batch size (or the whole data set) left out and why."""
     try:
-        source, _, augment = training_data(graph, data, seed)
+        source, _, augment = training_data(graph, data)
     except AlexcError as e:
         return [], [{"executor": "data pipeline", "reason": f"not measured: {e}"}]
     found, notes = [], []

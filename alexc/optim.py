@@ -70,20 +70,26 @@ class SGD:
 
 
 class Schedule:
-    """Learning rate per epoch: a step list, or divide by `factor` on a validation plateau.
+    """Learning rate at a point of training: a step list, cosine decay, or divide by `factor`
+    on a validation plateau; any of them after an optional linear warm-up.
 
     Config forms (the `train.schedule` key of a graph file):
         {step: {milestones: [30, 60], factor: 0.1}}
         {plateau: {factor: 0.1, patience: 3}}      # watches validation top-1
+        {cosine: {}}                               # from lr down to 0 at the last step
         constant (or absent)
+    Each takes `warmup: E`: the rate rises linearly from lr / (steps of E epochs) to lr over the
+    first E epochs (fractions allowed), e.g. {cosine: {warmup: 1}}.
     """
 
-    def __init__(self, config, base_lr: float, state: Mapping | None = None):
+    def __init__(self, config, base_lr: float, state: Mapping | None = None, epochs: int = 1):
         self.base_lr = base_lr
+        self.epochs = epochs
         self.kind, opts = _parse_schedule(config)
         self.factor = float(opts.get("factor", 0.1))
         self.milestones = sorted(int(m) for m in opts.get("milestones", []))
         self.patience = int(opts.get("patience", 3))
+        self.warmup = float(opts.get("warmup", 0))
         self.plateau_lr = base_lr
         self.best = -math.inf
         self.bad_epochs = 0
@@ -92,12 +98,20 @@ class Schedule:
             self.best = state["best"]
             self.bad_epochs = state["bad_epochs"]
 
-    def lr(self, epoch: int) -> float:
+    def lr(self, epoch: int, batch: int = 0, batches: int = 1) -> float:
+        """The rate for batch `batch` (of `batches` per epoch) of epoch `epoch` (from 0)."""
+        done = epoch + batch / batches  # epochs completed before this step
         if self.kind == "step":
-            return self.base_lr * self.factor ** sum(epoch >= m for m in self.milestones)
-        if self.kind == "plateau":
-            return self.plateau_lr
-        return self.base_lr
+            rate = self.base_lr * self.factor ** sum(epoch >= m for m in self.milestones)
+        elif self.kind == "plateau":
+            rate = self.plateau_lr
+        elif self.kind == "cosine":
+            rate = 0.5 * self.base_lr * (1 + math.cos(math.pi * min(done / self.epochs, 1.0)))
+        else:
+            rate = self.base_lr
+        if done < self.warmup:
+            rate *= min(1.0, (done * batches + 1) / (self.warmup * batches))
+        return rate
 
     def end_epoch(self, metric: float) -> None:
         """Report the epoch's validation top-1 (higher is better)."""
@@ -121,7 +135,12 @@ def _parse_schedule(config) -> tuple[str, dict]:
     if isinstance(config, Mapping) and len(config) == 1:
         ((kind, opts),) = config.items()
         opts = opts or {}
-        known = {"step": {"milestones", "factor"}, "plateau": {"factor", "patience"}}
+        known = {
+            "constant": {"warmup"},
+            "step": {"milestones", "factor", "warmup"},
+            "plateau": {"factor", "patience", "warmup"},
+            "cosine": {"warmup"},
+        }
         if kind in known and isinstance(opts, Mapping) and set(opts) <= known[kind]:
             _check_schedule_values(kind, opts)
             return kind, dict(opts)
@@ -129,7 +148,8 @@ def _parse_schedule(config) -> tuple[str, dict]:
         "train",
         "schedule",
         f"schedule {config!r} is not understood; use constant, "
-        "{step: {milestones: [30, 60], factor: 0.1}} or {plateau: {factor: 0.1, patience: 3}}",
+        "{step: {milestones: [30, 60], factor: 0.1}}, {plateau: {factor: 0.1, patience: 3}} "
+        "or {cosine: {}}, each optionally with warmup: EPOCHS",
     )
 
 
@@ -146,3 +166,6 @@ def _check_schedule_values(kind: str, opts: Mapping) -> None:
     patience = opts.get("patience", 3)
     if not is_int(patience) or patience < 1:
         raise bad(f"patience must be an integer >= 1 (epochs), got {patience!r}")
+    warmup = opts.get("warmup", 0)
+    if not is_number(warmup) or warmup < 0:
+        raise bad(f"warmup must be a number of epochs >= 0, got {warmup!r}")

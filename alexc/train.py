@@ -184,12 +184,14 @@ def adapt_graph(graph: Graph, classes: list[str]) -> Graph:
     return graph
 
 
-def training_data(graph: Graph, data: str, seed: int):
+def training_data(graph: Graph, data: str):
     """The training split of `data`, `graph` sized to its classes, and the graph's augmentation:
-    (source, graph, augment), as `alexc train` (and `alexc bench --data`) build them."""
+    (source, graph, augment), as `alexc train` (and `alexc bench --data`) build them.
+
+    The split's seed is not the run's: every run holds out the same validation images."""
     from .data import Augment, open_source
 
-    source = open_source(data, split="train", channels=graph.input.shape[0], seed=seed)
+    source = open_source(data, split="train", channels=graph.input.shape[0])
     graph = adapt_graph(graph, list(source.classes))
     return source, graph, Augment.from_config(graph.data, graph.input.shape)
 
@@ -313,7 +315,8 @@ def train(
     from .data import Loader, open_source
 
     ranks = ranks or process_ranks()
-    say = console.print if console is not None else print
+    # Plain text: paths and error messages may hold [brackets], which rich reads as markup.
+    say = (lambda text: console.print(text, markup=False)) if console is not None else print
     if not ranks.lead:
         console, say = None, _silent
     recipe = Recipe.from_graph(graph, epochs=epochs, batch_size=batch_size, lr=lr)
@@ -331,9 +334,9 @@ def train(
 
     resumed = read_checkpoint(resume) if resume is not None else None
     if resumed is not None:
-        seed = resumed[2].get("seed", seed)  # the data split and order depend on it
-    train_src, graph, augment = training_data(graph, data, seed)
-    val_src = open_source(data, split="val", channels=graph.input.shape[0], seed=seed)
+        seed = resumed[2].get("seed", seed)  # the data order depends on it
+    train_src, graph, augment = training_data(graph, data)
+    val_src = open_source(data, split="val", channels=graph.input.shape[0])
     ranks.check_same(
         _run_settings(graph, data, train_src, recipe, seed, resume, init_weights)
         | {"checkpoint_every": checkpoint_every, "limit_batches": limit_batches}
@@ -358,7 +361,7 @@ def train(
     else:
         params = initial_params(graph, seed, init_weights, say)
 
-    schedule = Schedule(recipe.schedule, recipe.lr, state.schedule or None)
+    schedule = Schedule(recipe.schedule, recipe.lr, state.schedule or None, recipe.epochs)
     sgd = SGD(params, recipe.momentum, recipe.weight_decay, momentum, threads=threads)
     executor = compile(
         graph, recipe.batch_size, threads=threads, seed=seed, label_smoothing=recipe.label_smoothing
@@ -374,16 +377,15 @@ def train(
         threads=threads,
         train_images=len(train_src),
         val_images=len(val_src),
-        skipped=len(getattr(train_src, "skipped", [])),
     )
-    skipped = getattr(train_src, "skipped", [])
-    if skipped:
-        say(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0][0]}: {skipped[0][1]}")
+    skips = _SkipReport(train_src, val_src, say=say)
+    chance = _ChanceWatch(graph.shapes[graph.outputs[0]][0])
 
     last = out / "last.safetensors"
 
     def diverged(what: str) -> AlexcError:
         kept = f"{last} keeps the last good weights" if last.exists() else "no checkpoint was kept"
+        log.write(event="diverged", epoch=state.epoch + 1, step=state.step, what=what)
         return AlexcError(
             f"training diverged: {what} at epoch {state.epoch + 1}, step "
             f"{state.step}; stopped, {kept} (try a lower --lr)"
@@ -398,7 +400,7 @@ def train(
             "graph": graph.fingerprint(),
             "graph_name": graph.name,
             "classes": list(graph.classes or []),
-            "lr": schedule.lr(state.epoch),
+            "lr": lr_now,
             "epoch": state.epoch,
             "step": state.step,
             "recipe": asdict(recipe),
@@ -409,13 +411,13 @@ def train(
             save_checkpoint(path, params, momentum=sgd.buffers, meta=meta)
 
     final = {}
+    lr_now = schedule.lr(state.epoch)
     started = time.perf_counter()
     updating = False
     sigint = _DeferredInterrupt(ranks.stop_signals)
     try:
         while state.epoch < recipe.epochs:
             epoch = state.epoch
-            lr_now = schedule.lr(epoch)
             loader = training_loader(
                 train_src, augment, recipe.batch_size, seed, workers, epoch, state.batch, ranks.part
             )
@@ -432,6 +434,7 @@ def train(
                 for x, y in loader:
                     if state.batch >= total:
                         break
+                    lr_now = schedule.lr(epoch, state.batch, total)
                     loss, global_correct, global_n, grads = rank_step(
                         executor, params, x, y, seed, state.step, recipe.batch_size, ranks, averager
                     )
@@ -445,6 +448,7 @@ def train(
                     seen += global_n
                     loss_sum += loss * global_n
                     correct += global_correct
+                    chance.add(loss * global_n, global_correct, global_n)
                     elapsed = time.perf_counter() - t0
                     bar(
                         loss=loss_sum / seen,
@@ -465,6 +469,16 @@ def train(
                     if ranks.any(sigint.requested):  # every rank stops after the same step
                         raise KeyboardInterrupt
             train_time = time.perf_counter() - t0
+            stuck = chance.verdict()
+            if stuck:
+                log.write(event="stuck", epoch=epoch + 1, step=state.step, **stuck)
+                say(
+                    f"epoch {epoch + 1}, step {state.step}: the training loss has stayed at "
+                    f"chance ({stuck['loss']:.4f}, ln({chance.classes}) = "
+                    f"{math.log(chance.classes):.4f}; top-1 {stuck['top1']:.3f}) over the last "
+                    f"{stuck['steps']} steps: the network is not learning; try a lower --lr, a "
+                    "warm-up (train.schedule: {cosine: {warmup: 1}}) or another init"
+                )
             val_loader = Loader(
                 val_src,
                 augment,
@@ -496,7 +510,7 @@ def train(
                 "event": "epoch",
                 "epoch": epoch + 1,
                 "step": state.step,
-                "lr": lr_now,
+                "lr": schedule.lr(epoch, 0, total),  # at the epoch's first step
                 "train_loss": loss_sum / max(seen, 1),
                 "train_top1": correct / max(seen, 1),
                 "val_top1": val["top1"],
@@ -505,6 +519,7 @@ def train(
                 "images_per_s": seen / max(train_time, 1e-9),
                 "epoch_seconds": train_time,
                 "elapsed_seconds": time.perf_counter() - started,
+                "skipped": skips.count(),
             }
             log.write(**record)
             say(
@@ -512,6 +527,7 @@ def train(
                 f"val top-1 {val['top1']:.4f}, top-5 {val['top5']:.4f}, "
                 f"{record['images_per_s']:.0f} img/s, {train_time:.0f} s"
             )
+            skips.tell()
             final = record
     except KeyboardInterrupt:
         log.write(event="interrupted", epoch=state.epoch + 1, step=state.step)
@@ -531,6 +547,56 @@ def train(
         if averager is not None:
             averager.close()
     return final | {"run_dir": str(out), "seconds": time.perf_counter() - started}
+
+
+class _SkipReport:
+    """Counts the images the sources skipped as unreadable, and says when that number grows."""
+
+    def __init__(self, *sources, say):
+        self.sources, self.say, self.told = sources, say, 0
+
+    def count(self) -> int:
+        return sum(len(getattr(source, "skipped", ())) for source in self.sources)
+
+    def tell(self) -> None:
+        count = self.count()
+        if count > self.told:
+            where, why = next(s for src in self.sources for s in getattr(src, "skipped", ()))
+            self.say(
+                f"skipped {count} unreadable image(s) so far ({count - self.told} new), "
+                f"e.g. {where}: {why}"
+            )
+            self.told = count
+
+
+class _ChanceWatch:
+    """Tells whether the last steps of an epoch stayed at chance: a mean loss within 1% of
+    ln(classes) (the loss of the uniform prediction) with chance-level top-1."""
+
+    WINDOW = 50  # steps
+
+    def __init__(self, classes: int):
+        self.classes = max(classes, 2)
+        self.losses, self.correct, self.seen = [], [], []
+
+    def add(self, loss_sum: float, correct: int, seen: int) -> None:
+        """One step: its summed loss, top-1 hits and images (the global batch's, under MPI)."""
+        for buf, value in ((self.losses, loss_sum), (self.correct, correct), (self.seen, seen)):
+            buf.append(value)
+            del buf[: -self.WINDOW]
+
+    def verdict(self) -> dict | None:
+        """The window's loss, top-1 and length if it was stuck at chance, else None; resets."""
+        seen = sum(self.seen)
+        if not seen:
+            return None
+        loss, top1 = sum(self.losses) / seen, sum(self.correct) / seen
+        steps = len(self.seen)
+        self.losses, self.correct, self.seen = [], [], []
+        at_chance = abs(loss - math.log(self.classes)) < 0.01 * math.log(self.classes)
+        if at_chance and top1 < 2 / self.classes:
+            return {"loss": loss, "top1": top1, "steps": steps}
+        return None
 
 
 def rank_step(executor, params, x, y, seed: int, step: int, batch_size: int, ranks, averager):

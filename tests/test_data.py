@@ -166,12 +166,12 @@ def test_train_val_subfolders_are_used(tmp_path):
     make_folder(tmp_path / "val", {"b": 1})
     train = open_source(tmp_path, split="train", channels=1)
     val = open_source(tmp_path, split="val", channels=1)
-    test = open_source(tmp_path, split="test", channels=1)
     assert train.classes == val.classes == ["a", "b"]
     assert [p.parent.parent.name for p in train.paths] == ["train"] * 5
     assert train.labels.tolist() == [0, 0, 0, 1, 1]
     assert val.labels.tolist() == [1]  # labels index the train split's classes
-    assert test.paths == val.paths
+    with pytest.raises(DataError, match="no test/ folder"):  # val chose the checkpoint
+        open_source(tmp_path, split="test", channels=1)
     make_folder(tmp_path / "test", {"a": 2})
     assert open_source(tmp_path, split="test", channels=1).labels.tolist() == [0, 0]
     make_folder(tmp_path / "val", {"zebra": 1})
@@ -199,7 +199,8 @@ def test_seeded_split_is_disjoint_deterministic_and_covers_everything(tmp_path):
         1,
     ]  # round(10 * .3), round(7 * .3); 1-image class: train
     assert (train, val) == (split("train", 5)[0], split("val", 5)[0])
-    assert split("test", 5)[0] == val
+    with pytest.raises(DataError, match="no test split"):
+        split("test", 5)
     assert split("val", 6)[0] != val
     most = open_source(tmp_path, split="train", channels=1, val_fraction=0.95)
     assert np.bincount(most.labels).tolist() == [1, 1, 1]  # every class keeps a training image
@@ -257,28 +258,68 @@ def test_idx_directory_is_a_source(tmp_path):
     write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(6, dtype=np.uint8), True)
     write_idx(tmp_path / "t10k-images-idx3-ubyte", test, False)
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([9, 0, 1], dtype=np.uint8), False)
-    source = open_source(tmp_path, split="train", channels=3)
+    source = open_source(tmp_path, split="train", channels=3, val_fraction=0)
     assert isinstance(source, ArraySource) and len(source) == 6
     assert source.classes == [str(k) for k in range(10)]
     image = source.image(2)
     assert image.shape == (5, 4, 3) and (image == train[2][..., None]).all()
-    val = open_source(tmp_path, split="val", channels=1)
-    assert val.labels.tolist() == [9, 0, 1] and (val.image(1)[..., 0] == test[1]).all()
+    test_split = open_source(tmp_path, split="test", channels=1)
+    assert test_split.labels.tolist() == [9, 0, 1]
+    assert (test_split.image(1)[..., 0] == test[1]).all()
     (tmp_path / "t10k-labels-idx1-ubyte").unlink()
     with pytest.raises(DataError, match="t10k-labels"):
         open_source(tmp_path, split="test", channels=1)
 
 
+def test_tree_without_val_folder_splits_train_and_keeps_test(tmp_path):
+    make_folder(tmp_path / "train", {"a": 10, "b": 10})
+    make_folder(tmp_path / "test", {"a": 1, "b": 2})
+    train = open_source(tmp_path, split="train", channels=1)
+    val = open_source(tmp_path, split="val", channels=1)
+    test = open_source(tmp_path, split="test", channels=1)
+    assert train.classes == val.classes == test.classes == ["a", "b"]
+    assert {p.parent.parent.name for p in train.paths + val.paths} == {"train"}
+    assert not set(train.paths) & set(val.paths) and len(train) + len(val) == 20
+    assert val.labels.tolist() == [0, 1] and test.labels.tolist() == [0, 1, 1]
+
+
+def test_idx_val_is_held_out_of_the_train_files_never_t10k(tmp_path):
+    n = 40
+    train = np.arange(n, dtype=np.uint8)[:, None, None] * np.ones((1, 3, 2), np.uint8)
+    write_idx(tmp_path / "train-images-idx3-ubyte", train, False)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.arange(n, dtype=np.uint8) % 10, False)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.full((5, 3, 2), 255, np.uint8), False)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.full(5, 255 % 10, np.uint8), False)
+
+    def ids(split, **kw):  # each train image is filled with its index in the file
+        source = open_source(tmp_path, split=split, channels=1, **kw)
+        assert (source.labels == source.images[:, 0, 0, 0] % 10).all()  # labels travel along
+        return source.images[:, 0, 0, 0].tolist()
+
+    train_ids, val_ids = ids("train"), ids("val")
+    assert len(val_ids) == 4 and sorted(train_ids + val_ids) == list(range(n))  # 10% held out
+    assert val_ids == ids("val") and val_ids != ids("val", seed=1)  # seeded
+    assert ids("test") == [255] * 5
+    assert len(ids("val", val_fraction=0.5)) == 20
+
+
 def test_real_fashion_mnist():
     if not FASHION_MNIST_DIR.is_dir():
         pytest.skip(f"{FASHION_MNIST_DIR} absent (Debian package dataset-fashion-mnist)")
-    train = open_source("fashion-mnist", split="train", channels=1)
+    train = open_source("fashion-mnist", split="train", channels=1, val_fraction=0)
     test = open_source("fashion-mnist", split="test", channels=1)
     assert train.classes == list(FASHION_MNIST_CLASSES)
     assert train.images.shape == (60000, 28, 28, 1) and test.images.shape == (10000, 28, 28, 1)
     assert train.images.dtype == np.uint8 and train.labels.dtype == np.int64
     assert np.bincount(train.labels).tolist() == [6000] * 10
     assert np.bincount(test.labels).tolist() == [1000] * 10
+    train = open_source("fashion-mnist", split="train", channels=1)
+    val = open_source("fashion-mnist", split="val", channels=1)
+    assert len(train) == 55000 and len(val) == 5000
+    assert min(np.bincount(val.labels)) > 400  # a shuffle, not a slice of a few classes
+    # No validation image is a test image (Fashion-MNIST holds no exact duplicates across them).
+    test_images = {bytes(row) for row in test.images.reshape(len(test), -1)}
+    assert not any(bytes(row) in test_images for row in val.images.reshape(len(val), -1)[:500])
 
 
 def arrays(n=1000, size=8, channels=1, seed=0) -> ArraySource:

@@ -165,7 +165,7 @@ def test_missing_mpi_is_one_line_with_the_install_command(tiny, run_cli, monkeyp
 
 def test_two_ranks_train_alexnet_mini_as_one_process_does(mpi, tmp_path):
     """20 steps with dropout on, global batch 32 (so 16 rows per rank), then validation."""
-    data = write_idx(tmp_path / "idx28", 640, 28)
+    data = write_idx(tmp_path / "idx28", 712, 28)  # 641 train (20 batches of 32), 71 val
     common = ["--data", data, "-b", "32", "--epochs", "1", "--threads", "1", "--lr", "0.02"]
     one = run(alexc_cmd("train", GRAPHS / "alexnet-mini.yaml", *common, "-o", tmp_path / "one"))
     assert one.returncode == 0, one.stderr
@@ -180,7 +180,7 @@ def test_two_ranks_train_alexnet_mini_as_one_process_does(mpi, tmp_path):
     last2 = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").open()][-1]
     assert last["step"] == last2["step"] == 20
     assert last2["train_loss"] == pytest.approx(last["train_loss"], rel=1e-5)
-    assert last2["val_top1"] == pytest.approx(last["val_top1"], abs=1 / 160)
+    assert last2["val_top1"] == pytest.approx(last["val_top1"], abs=1 / 71)  # one image
 
 
 def test_resume_across_rank_counts(mpi, tiny, idx, tmp_path):

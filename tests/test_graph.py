@@ -99,11 +99,11 @@ def test_param_init_paper_statistics_and_reproducibility():
         ("conv3", 0),
         ("conv4", 1),
         ("conv5", 1),
-        ("fc6", 1),
-        ("fc7", 1),
+        ("fc6", 0.1),  # the graph file's one deviation from the paper (1), and why, is there
+        ("fc7", 0.1),
         ("fc8", 0),
     ]:
-        assert np.all(a[f"{name}.bias"] == bias), name
+        assert np.all(a[f"{name}.bias"] == np.float32(bias)), name
 
 
 def test_torchvision_init_is_fan_in_uniform():

@@ -89,7 +89,18 @@ def test_eval_refuses_before_it_starts(weights, run_cli, monkeypatch, ten_crop):
     # Room for batch 16 (16 crops, or 160 with ten-crop) and a little more, not for 64.
     room = lower(graph, 16 * crops, training=False).planned_peak_bytes * 1.05
     monkeypatch.setattr(memory, "available_bytes", lambda: int(room))
-    args = ["eval", graph_path, "--weights", ckpt, "--data", data, "--batch-size", 64]
+    args = [
+        "eval",
+        graph_path,
+        "--weights",
+        ckpt,
+        "--data",
+        data,
+        "--split",
+        "val",
+        "--batch-size",
+        64,
+    ]
     code, out, err = run_cli(*args, *(["--ten-crop"] if ten_crop else []))
     line = one_line(code, err)
     refused, largest = REFUSAL.search(line).groups()

@@ -210,7 +210,7 @@ def test_eval_confusion_counts_sum_to_the_images_and_trace_is_top1(tiny, tmp_pat
     out = tmp_path / "confusion.png"
     code, stdout, err = run_cli(
         "eval", graph_path, "--weights", run / "best.safetensors", "--data", folder,
-        "--json", "--confusion", out,
+        "--split", "val", "--json", "--confusion", out,
     )  # fmt: skip
     assert code == 0, err
     result = json.loads(stdout)
@@ -218,13 +218,13 @@ def test_eval_confusion_counts_sum_to_the_images_and_trace_is_top1(tiny, tmp_pat
     assert result["classes"] == ["blue", "green", "red"]
     assert counts.shape == (3, 3) and counts.sum() == result["images"]
     assert np.trace(counts) == round(result["top1"] * result["images"])
-    source = open_source(folder, split="test", channels=3)
+    source = open_source(folder, split="val", channels=3)
     np.testing.assert_array_equal(counts.sum(axis=1), np.bincount(source.labels, minlength=3))
     width, height = png_size(out)
     assert width >= 500 and height >= 500
     code, stdout, err = run_cli(
         "eval", graph_path, "--weights", run / "best.safetensors", "--data", folder,
-        "--confusion", tmp_path / "c.svg",
+        "--split", "val", "--confusion", tmp_path / "c.svg",
     )  # fmt: skip
     assert code == 0, err
     texts = svg_texts(tmp_path / "c.svg")

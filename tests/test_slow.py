@@ -39,12 +39,17 @@ def test_full_size_alexnet_trains_a_few_steps_on_an_image_folder(name, tmp_path)
     not Path("/usr/share/datasets/fashion-mnist").exists(),
     reason="Debian's dataset-fashion-mnist is not installed",
 )
-def test_mini_alexnet_reaches_90_percent_on_fashion_mnist(tmp_path):
-    """The README's claim: `alexc train graphs/alexnet-mini.yaml` with its defaults reaches at
-    least 90% top-1 on the 10,000 test images."""
-    result = train(alexc.load_graph(GRAPHS / "alexnet-mini.yaml"), out=tmp_path / "run", threads=2)
+def test_mini_alexnet_reaches_its_readme_accuracy_on_fashion_mnist(tmp_path, run_cli):
+    """The README's claim: `alexc train graphs/alexnet-mini.yaml` with its defaults, then
+    `alexc eval --split test` of the checkpoint chosen on validation, gives about 91.3% top-1
+    on the 10,000 test images (one seed measured; 0.8 points of room for seed and machine)."""
+    graph_path = GRAPHS / "alexnet-mini.yaml"
+    train(alexc.load_graph(graph_path), out=tmp_path / "run", threads=2)
     records = [
         json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     ]
-    assert records[-1]["event"] == "epoch"
-    assert result["val_top1"] >= 0.90, result
+    assert records[-1]["event"] == "epoch" and records[-1]["epoch"] == 7
+    best = tmp_path / "run" / "best.safetensors"
+    code, out, err = run_cli("eval", graph_path, "--weights", best, "--split", "test", "--json")
+    assert code == 0, err
+    assert json.loads(out)["top1"] >= 0.905

@@ -130,9 +130,30 @@ def test_plateau_schedule_divides_after_patience_and_restores():
     assert restored.lr(6) == pytest.approx(0.0001)
 
 
-def test_bad_schedule_is_a_clear_error():
+def test_cosine_schedule_with_warmup_follows_its_formula_per_step():
+    s = Schedule({"cosine": {"warmup": 1}}, 0.4, epochs=4)
+    batches = 5
+    rates = [s.lr(e, b, batches) for e in range(4) for b in range(batches)]
+    for k, rate in enumerate(rates):
+        cosine = 0.2 * (1 + np.cos(np.pi * k / 20))
+        assert rate == pytest.approx(cosine * min(1, (k + 1) / 5)), k
+    assert rates[4] == pytest.approx(0.2 * (1 + np.cos(np.pi * 4 / 20)))  # warm-up over
+    assert rates[-1] < 0.004  # next to 0 at the last step
+
+
+def test_warmup_ramps_any_schedule_linearly():
+    s = Schedule({"step": {"milestones": [3], "factor": 0.1, "warmup": 0.5}}, 1.0, epochs=4)
+    assert [s.lr(0, b, 4) for b in range(4)] == pytest.approx([0.5, 1, 1, 1])
+    assert s.lr(3, 0, 4) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{"cosine": {"factor": 0.1}}, {"cosine": {"warmup": -1}}, {"linear": {}}, {"cosine": 1}],
+)
+def test_bad_schedule_is_a_clear_error(config):
     with pytest.raises(alexc.AlexcError, match="schedule"):
-        Schedule({"cosine": {}}, 0.1)
+        Schedule(config, 0.1)
 
 
 # --- checkpoints ----------------------------------------------------------------------------
@@ -266,6 +287,72 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_last_good(tiny, folder, t
     assert all(np.isfinite(v).all() for v in params.values())
 
 
+def _records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_stuck_at_chance_is_told_with_its_step(tiny, folder, tmp_path, capsys):
+    """All-zero weights predict the uniform distribution (loss ln 3), and a learning rate
+    of 1e-9 keeps it there: each epoch says so, on the console and in metrics.jsonl."""
+    graph_file = tmp_path / "zero.yaml"
+    zero = "init: {weight: {constant: 0}, bias: {constant: 0}}\nnodes:"
+    graph_file.write_text(TINY.replace("nodes:", zero))
+    graph = alexc.load_graph(graph_file)
+    train(graph, data=str(folder), out=tmp_path / "run", epochs=2, lr=1e-9, threads=1)
+    printed = capsys.readouterr().out
+    records = _records(tmp_path / "run")
+    ends = [(r["epoch"], r["step"]) for r in records if r["event"] == "epoch"]
+    stuck = [r for r in records if r["event"] == "stuck"]
+    assert [(r["epoch"], r["step"]) for r in stuck] == ends
+    assert printed.count("stayed at chance") == 2 and f"epoch 2, step {ends[1][1]}:" in printed
+    assert stuck[0]["loss"] == pytest.approx(np.log(3), abs=1e-4)
+
+
+def test_a_learning_run_is_not_called_stuck(tiny, folder, tmp_path, capsys):
+    graph, _ = tiny
+    train(graph, data=str(folder), out=tmp_path / "run", epochs=2, threads=1)
+    assert "chance" not in capsys.readouterr().out
+    assert not [r for r in _records(tmp_path / "run") if r["event"] == "stuck"]
+
+
+def test_unreadable_images_are_counted_on_the_console_and_in_metrics(
+    tiny, folder, tmp_path, capsys
+):
+    (folder / "red" / "empty.png").write_bytes(b"")
+    (folder / "green" / "text.jpg").write_text("not an image")
+    whole = folder / "blue" / "0.png"
+    (folder / "blue" / "cut.png").write_bytes(whole.read_bytes()[:40])
+    graph, _ = tiny
+    train(graph, data=str(folder), out=tmp_path / "run", epochs=2, threads=1, seed=3)
+    epochs = [r for r in _records(tmp_path / "run") if r["event"] == "epoch"]
+    assert [r["skipped"] for r in epochs] == [3, 3]  # each bad file counted once
+    printed = capsys.readouterr().out
+    assert printed.count("skipped 3 unreadable image(s) so far (3 new)") == 1
+
+
+def test_graph_files_schedule_runs_per_step(tmp_path, folder):
+    """train.schedule and label_smoothing of a graph file reach the trainer: the warm-up
+    starts at lr / steps of one epoch and the cosine is at half of lr halfway through."""
+    graph_file = tmp_path / "cosine.yaml"
+    recipe = "weight_decay: 0.0005, label_smoothing: 0.1, schedule: {cosine: {warmup: 1}}}"
+    graph_file.write_text(TINY.replace("weight_decay: 0.0005}", recipe))
+    graph = alexc.load_graph(graph_file)
+    train(graph, data=str(folder), out=tmp_path / "run", threads=1)
+    records = _records(tmp_path / "run")
+    assert records[0]["recipe"]["label_smoothing"] == 0.1
+    lrs = [r["lr"] for r in records if r["event"] == "epoch"]
+    steps = records[-1]["step"] // 2
+    assert lrs == pytest.approx([0.05 / steps, 0.05 * 0.5])
+
+
+def test_divergence_is_logged_with_its_step(tiny, folder, tmp_path):
+    graph, _ = tiny
+    with pytest.raises(alexc.AlexcError, match="step"):
+        train(graph, data=str(folder), out=tmp_path / "run", epochs=1, lr=1e30, threads=1)
+    (diverged,) = [r for r in _records(tmp_path / "run") if r["event"] == "diverged"]
+    assert diverged["step"] >= 1 and diverged["epoch"] == 1
+
+
 def test_init_weights_reinitialises_mismatched_tensors(tiny, folder, tmp_path):
     graph, _ = tiny
     train(graph, data=str(folder), out=tmp_path / "pre", epochs=1, threads=1)
@@ -334,7 +421,9 @@ def test_a_declared_loss_node_is_what_training_minimises_and_inference_leaves_ou
     assert run_cli("export", path, "--weights", ckpt, "--onnx", onnx_path)[0] == 0
     code, _, err = run_cli("check", path, "--weights", ckpt, "--onnx", onnx_path)
     assert code == 0, err
-    code, out, err = run_cli("eval", path, "--weights", ckpt, "--data", folder, "--json")
+    code, out, err = run_cli(
+        "eval", path, "--weights", ckpt, "--data", folder, "--split", "val", "--json"
+    )
     assert code == 0, err
     assert json.loads(out)["top1"] == max(
         json.loads(line).get("val_top1", 0) for line in (run / "metrics.jsonl").open()
@@ -416,7 +505,11 @@ def test_train_eval_infer_plot_commands(tiny, folder, tmp_path, run_cli):
     )
     assert code == 0, err
     ckpt = run / "best.safetensors"
-    code, out, err = run_cli("eval", graph_path, "--weights", ckpt, "--data", folder, "--json")
+    code, out, err = run_cli("eval", graph_path, "--weights", ckpt, "--data", folder)
+    assert code == 1 and "no test split" in err and "--split val" in err  # a flat folder
+    code, out, err = run_cli(
+        "eval", graph_path, "--weights", ckpt, "--data", folder, "--split", "val", "--json"
+    )
     assert code == 0, err
     result = json.loads(out)
     assert 0 <= result["top1"] <= result["top5"] <= 1 and result["images"] > 0
@@ -580,6 +673,8 @@ def test_eval_with_onnxruntime_and_check_of_an_exported_file(tiny, folder, tmp_p
             folder,
             "--executor",
             executor,
+            "--split",
+            "val",
             "--json",
         )
         assert code == 0, err
@@ -588,7 +683,9 @@ def test_eval_with_onnxruntime_and_check_of_an_exported_file(tiny, folder, tmp_p
     assert results["numpy"]["loss"] == pytest.approx(results["onnxruntime"]["loss"], rel=1e-4)
     # eval and infer --onnx run that very file in onnxruntime: alexc's numbers, and a file
     # whose fc8 bias favours class 0 by far scores exactly that class's share of the images.
-    code, out, err = run_cli("eval", graph_path, "--onnx", onnx_path, "--data", folder, "--json")
+    code, out, err = run_cli(
+        "eval", graph_path, "--onnx", onnx_path, "--data", folder, "--split", "val", "--json"
+    )
     assert code == 0, err
     from_file = json.loads(out)
     assert from_file["executor"] == "onnxruntime" and from_file["images"] == 6
@@ -599,7 +696,15 @@ def test_eval_with_onnxruntime_and_check_of_an_exported_file(tiny, folder, tmp_p
     bias.CopyFrom(onnx.numpy_helper.from_array(np.array([100, 0, 0], np.float32), "fc8.bias"))
     onnx.save(model, tmp_path / "biased.onnx")
     code, out, err = run_cli(
-        "eval", graph_path, "--onnx", tmp_path / "biased.onnx", "--data", folder, "--json"
+        "eval",
+        graph_path,
+        "--onnx",
+        tmp_path / "biased.onnx",
+        "--data",
+        folder,
+        "--split",
+        "val",
+        "--json",
     )
     assert code == 0, err
     assert json.loads(out)["top1"] == pytest.approx(1 / 3)  # 2 of the 6 are class 0

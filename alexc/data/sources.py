@@ -41,6 +41,7 @@ SPLITS = ("train", "val", "test")
 # Images with more pixels are skipped, not decoded: Pillow's default decompression-bomb
 # threshold (it warns above this and refuses above twice this), 358 MB decoded as RGBA.
 MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+IDX_VAL_IMAGES = 5000  # Fashion-MNIST: 55,000 train, 5,000 val, the 10,000 t10k images test
 
 # IDX magic: two zero bytes, a type code, the number of dimensions; then big-endian uint32 dims.
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -285,9 +286,15 @@ def open_source(
 ) -> Source:
     """Open a data set: "fashion-mnist", a directory of IDX files, or an ImageFolder tree.
 
-    IDX: train = the train-* files, val and test = the t10k-* files. ImageFolder: with
-    `train/` and `val/` subfolders those are used (test: `test/` if present, else `val/`);
-    otherwise each class is split by a seeded shuffle, `val_fraction` of it to val (and test).
+    Validation is always held out of the training images, never the test images, so the
+    checkpoint chosen on it says nothing about the test set. `seed` keys that split: keep it
+    fixed (training does) and every run, and `alexc eval --split val`, sees the same images.
+
+    IDX: train and val = the train-* files, `IDX_VAL_IMAGES` of them (at most `val_fraction`)
+    drawn for val by a seeded shuffle; test = the t10k-* files. ImageFolder: a tree with
+    `train/` and `val/` (or `test/`) subfolders uses them, with val split from `train/` when
+    it has no `val/`; a flat tree of class folders is split per class, `val_fraction` to val,
+    and has no test split.
     """
     if split not in SPLITS:
         raise DataError(f"unknown split '{split}' (known: {', '.join(SPLITS)})")
@@ -312,16 +319,20 @@ def open_source(
         m = _IDX_NAME.match(p.name)
         if m and p.is_file():
             idx_files[(m[1], m[2])] = p
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"val_fraction must lie in [0, 1), not {val_fraction}")
     if idx_files:
-        source = _idx_source(root, idx_files, split, channels)
+        source = _idx_source(root, idx_files, split, channels, val_fraction, seed)
     else:
         source = _folder_source(root, split, channels, val_fraction, seed)
     source.origin = str(root)
     return source
 
 
-def _idx_source(root: Path, files: dict, split: str, channels: int) -> ArraySource:
-    prefix = "train" if split == "train" else "t10k"
+def _idx_source(
+    root: Path, files: dict, split: str, channels: int, val_fraction: float, seed: int
+) -> ArraySource:
+    prefix = "t10k" if split == "test" else "train"
     for kind in ("images", "labels"):
         if (prefix, kind) not in files:
             raise DataError(
@@ -347,14 +358,27 @@ def _idx_source(root: Path, files: dict, split: str, channels: int) -> ArraySour
     # IDX files carry no class names; a folder named like Fashion-MNIST gets its names.
     fashion = "fashion" in root.resolve().name.lower() and count == 10
     classes = FASHION_MNIST_CLASSES if fashion else [str(k) for k in range(count)]
+    if split != "test":
+        n_val = min(IDX_VAL_IMAGES, round(len(labels) * val_fraction))
+        if val_fraction > 0 and len(labels) > 1:
+            n_val = max(n_val, 1)
+        order = np.random.default_rng([seed, 0x7A1]).permutation(len(labels))
+        keep = np.sort(order[:n_val] if split == "val" else order[n_val:])
+        images, labels = images[keep], labels[keep]
     return ArraySource(images, labels, classes, channels=channels)
 
 
 def _folder_source(root: Path, split: str, channels: int, val_fraction: float, seed: int):
     sub = None
-    if (root / "train").is_dir() and (root / "val").is_dir():
+    tree = (root / "train").is_dir() and ((root / "val").is_dir() or (root / "test").is_dir())
+    if tree and (split == "test" or (root / "val").is_dir()):
+        sub = split if split == "test" or (root / split).is_dir() else "train"
+        if split == "test" and not (root / "test").is_dir():
+            raise DataError(
+                f"{root}: no test/ folder, so no test split (val/ chose the checkpoint); "
+                f"add {root}/test/<class>/<image> or evaluate with --split val"
+            )
         classes = _class_names(root / "train")
-        sub = split if split != "test" or (root / "test").is_dir() else "val"
         found, files = _scan(root / sub)
         extra = sorted(set(found) - set(classes))
         if extra:
@@ -366,9 +390,14 @@ def _folder_source(root: Path, split: str, channels: int, val_fraction: float, s
             for _ in class_files
         ]
     else:
-        if not 0 <= val_fraction < 1:
-            raise DataError(f"val_fraction must lie in [0, 1), not {val_fraction}")
-        classes, files = _scan(root)
+        if split == "test":
+            raise DataError(
+                f"{root}: a flat tree of class folders has no test split (its val split is "
+                f"held out of training); evaluate with --split val, or lay it out as "
+                f"{root}/train, {root}/val and {root}/test"
+            )
+        sub = "train" if tree else None
+        classes, files = _scan(root / sub if sub else root)
         paths, labels = [], []
         for label, class_files in enumerate(files):
             # One generator per class: a class's split does not depend on the other classes.
@@ -377,7 +406,7 @@ def _folder_source(root: Path, split: str, channels: int, val_fraction: float, s
             n_val = min(round(len(class_files) * val_fraction), len(class_files) - 1)
             if val_fraction > 0 and len(class_files) > 1:
                 n_val = max(n_val, 1)
-            chosen = order[:n_val] if split != "train" else order[n_val:]
+            chosen = order[:n_val] if split == "val" else order[n_val:]
             paths += [class_files[k] for k in sorted(chosen)]
             labels += [label] * len(chosen)
         if not paths:
