@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import AlexcError
 from .ir import Graph, Node, Op
-from .lower import declared_loss, logits_of
+from .passes.lower import declared_loss, logits_of
 
 
 def available() -> str | None:

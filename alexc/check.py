@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import check_params
 from .errors import AlexcError
 from .ir import Graph
+from .ir.graph import check_params
 from .ops import RULES
 
 DEFAULT_RTOL = 1e-5
@@ -90,8 +90,8 @@ def check(
 
     onnxruntime runs `model` (an ONNX file or its bytes, e.g. what `alexc export` wrote) when
     given, else a fresh export of `graph` and `params`."""
-    from .compile import compile
     from .onnx_export import DEFAULT_OPSET, export_onnx
+    from .passes.compile import compile
 
     losses = [n.name for n in graph.nodes if RULES[n.op].loss and n.name in graph.outputs]
     if losses:

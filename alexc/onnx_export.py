@@ -20,10 +20,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .checkpoint import check_params
 from .errors import AlexcError
 from .files import write_atomic
 from .ir import Graph, Node, Op
+from .ir.graph import check_params
 from .ops import RULES
 
 # opset -> the IR version that introduced it (onnx.helper.VERSION_TABLE), which onnxruntime loads.

@@ -30,12 +30,11 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
-from .checkpoint import check_params
 from .errors import AlexcError, is_number
-from .graph import build_graph
 from .ir import Graph, Input, Node, Op, Shape
-from .lower import LABELS, LOSS
+from .ir.graph import build_graph, check_params
 from .ops import MAX_ELEMENTS, RULES, ShapeError, normalise_attrs
+from .passes.lower import LABELS, LOSS
 
 # A protobuf message cannot exceed 2 GiB, so a bigger file is not a model (and is not read).
 MAX_FILE_BYTES = 1 << 31

@@ -16,13 +16,13 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import color_folder
 
 import alexc
-from alexc.checkpoint import read_checkpoint, save_checkpoint
 from alexc.errors import AlexcError
-from alexc.graph_yaml import write_graph
-from alexc.train import MetricsLog, load_run_metrics
+from alexc.serial.graph_yaml import write_graph
+from alexc.training.checkpoint import read_checkpoint, save_checkpoint
+from alexc.training.loop import MetricsLog, load_run_metrics
+from tests.helpers import color_folder
 
 GRAPH = """\
 name: tiny

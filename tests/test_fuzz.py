@@ -28,13 +28,13 @@ from unittest import mock
 import numpy as np
 import pytest
 import yaml
-from conftest import GRAPHS
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from alexc.errors import AlexcError, GraphError
-from alexc.frontend import parse_graph
-from alexc.graph import verify
+from alexc.ir.graph import verify
+from alexc.serial.frontend import parse_graph
+from tests.helpers import GRAPHS
 
 pytestmark = pytest.mark.fuzz
 
@@ -149,7 +149,7 @@ def check_graph_text(text: str) -> None:
     verify(graph)
     # What the frontend accepts, training and preprocessing accept too.
     from alexc.data import Augment
-    from alexc.train import Recipe
+    from alexc.training.loop import Recipe
 
     Recipe.from_graph(graph)
     if len(graph.input.shape) == 3 and graph.input.shape[0] in (1, 3):
@@ -192,7 +192,7 @@ def _real_checkpoint() -> bytes:
     import tempfile
     from pathlib import Path
 
-    from alexc.checkpoint import save_checkpoint
+    from alexc.training.checkpoint import save_checkpoint
 
     params = CKPT_GRAPH.init_params(0)
     with tempfile.TemporaryDirectory() as d:
@@ -257,8 +257,8 @@ def _with_alexc_metadata(text: str) -> bytes:
 @example(_with_alexc_metadata("[1, 2]"))
 @example(_with_alexc_metadata('{"classes": 3}'))
 def test_fuzz_checkpoints(tmp_path_factory, blob):
-    from alexc.checkpoint import load_for_graph, read_checkpoint
     from alexc.errors import CheckpointError
+    from alexc.training.checkpoint import load_for_graph, read_checkpoint
 
     path = tmp_path_factory.mktemp("ckpt") / "fuzzed.safetensors"
     path.write_bytes(blob)

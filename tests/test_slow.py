@@ -5,11 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import GRAPHS, color_folder
 
 import alexc
-from alexc.checkpoint import read_checkpoint
-from alexc.train import train
+from alexc.training.checkpoint import read_checkpoint
+from alexc.training.loop import train
+from tests.helpers import GRAPHS, color_folder
 
 pytestmark = pytest.mark.slow
 

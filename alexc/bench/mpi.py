@@ -30,8 +30,8 @@ from statistics import median
 
 import numpy as np
 
-from .distributed import BUCKET_BYTES, batch_share, launch_command, process_ranks
-from .errors import AlexcError
+from ..errors import AlexcError
+from ..training.distributed import BUCKET_BYTES, batch_share, launch_command, process_ranks
 
 LINKS = {"10 Gbit/s": (10e9 / 8, 25e-6), "100 Gbit/s": (100e9 / 8, 5e-6)}  # bytes/s, latency
 RANK_COUNTS = (1, 2, 4, 8, 16, 32, 64)
@@ -40,10 +40,10 @@ TRANSPORTS = {"shm": {}, "tcp": {"OMPI_MCA_btl": "tcp,self"}}  # Open MPI's loop
 
 def _worker(graph_path: str, batch: int, threads: int, steps: int, warmup: int) -> None:
     """One rank of a measuring job: rank 0 prints one JSON line of medians."""
-    from .compile import compile
-    from .frontend import load_graph
-    from .optim import SGD
-    from .train import rank_step
+    from ..passes.compile import compile
+    from ..serial.frontend import load_graph
+    from ..training.loop import rank_step
+    from ..training.optim import SGD
 
     ranks = process_ranks()
     graph = load_graph(graph_path)
@@ -99,7 +99,7 @@ def measure_ranks(
     for n, t, transport in dict.fromkeys(configs):
         if on_row is not None:
             on_row(f"{n} rank(s) x {t} thread(s) {transport}")
-        program = [sys.executable, "-m", "alexc.bench_mpi", str(graph_path)]
+        program = [sys.executable, "-m", "alexc.bench.mpi", str(graph_path)]
         program += [str(v) for v in (batch, t, steps, warmup)]
         if n == 1:
             command, env = program, None
@@ -127,9 +127,9 @@ def layer_times(graph, batch: int, threads: int, repeats: int = 2) -> list[dict]
     """Per parameterised stretch of the training step, in backward order: forward and
     backward ms at `batch`, and the parameter bytes whose gradients it makes final; plus the
     SGD update's ms as a last row (params_bytes 0)."""
-    from .bench import timed_kernels
-    from .compile import compile
-    from .optim import SGD
+    from ..passes.compile import compile
+    from ..training.optim import SGD
+    from .timing import timed_kernels
 
     params = graph.init_params(0)
     rng = np.random.default_rng(0)

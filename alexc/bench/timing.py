@@ -45,11 +45,11 @@ from alexc_runtime.executor import blas_threads
 from alexc_runtime.kernels import KERNELS, Kernel
 from alexc_runtime.malloc import keep_freed_memory
 
-from .compile import compile as compile_graph
-from .errors import AlexcError
-from .ir import Graph, Op
-from .optim import SGD
-from .train import training_data, training_loader
+from ..errors import AlexcError
+from ..ir import Graph, Op
+from ..passes.compile import compile as compile_graph
+from ..training.loop import training_data, training_loader
+from ..training.optim import SGD
 
 EXECUTORS = ("numpy", "onnxruntime", "onnxruntime-lrn-decomposed", "torch")
 MODES = ("infer", "train")
@@ -299,7 +299,7 @@ class _Bench:
 
     def onnx_model(self, form: str) -> bytes:
         if form not in self._onnx:
-            from .onnx_export import export_onnx
+            from ..onnx_export import export_onnx
 
             model = export_onnx(self.graph, self.params, lrn=form)
             self._onnx[form] = model.SerializeToString()
@@ -314,14 +314,14 @@ class _Bench:
 
     def torch_program(self):
         if self._torch is None:
-            from .bench_torch import TorchProgram, set_threads
+            from ..bench_torch import TorchProgram, set_threads
 
             set_threads(self.threads)
             self._torch = TorchProgram(self.graph)
         return self._torch
 
     def _torch_row(self, row: Row, x, labels) -> _Setup:
-        from .bench_torch import TorchTrainer
+        from ..bench_torch import TorchTrainer
 
         program = self.torch_program()
         torch = program.torch
@@ -370,7 +370,7 @@ def plan_rows(
             {"executor": "onnxruntime-lrn-decomposed", "reason": f"{graph.name} has no LRN"}
         )
     if "torch" in wanted:
-        from .bench_torch import available
+        from ..bench_torch import available
 
         reason = available()
         if reason is not None:

@@ -11,7 +11,7 @@ import numpy as np
 import typer
 from rich.console import Console
 
-from .errors import AlexcError
+from ..errors import AlexcError
 
 app = typer.Typer(
     add_completion=False,
@@ -45,12 +45,12 @@ def summary(
     ),
 ):
     """Shapes, parameters, FLOPs and activation memory of every node."""
-    from .frontend import load_graph
-    from .summary import render, summarize
+    from ..serial.frontend import load_graph
+    from ..viz.summary import render, summarize
 
     g = load_graph(graph)
     if diagram is not None:
-        from .diagram import draw_diagram
+        from ..viz.diagram import draw_diagram
 
         _wrote(draw_diagram(g, diagram), as_json)
     result = summarize(g, batch_size)
@@ -105,9 +105,9 @@ def train(
     ),
 ):
     """Train a graph with SGD on real images (default: Fashion-MNIST)."""
-    from .distributed import process_ranks
-    from .frontend import load_graph
-    from .train import train as run
+    from ..serial.frontend import load_graph
+    from ..training.distributed import process_ranks
+    from ..training.loop import train as run
 
     if ranks is not None and ranks > 1:
         _launch_ranks(ranks)
@@ -143,7 +143,7 @@ def train(
 
 def _launch_ranks(count: int) -> None:
     """Re-run this command line as `count` MPI ranks (unless an MPI launcher started us)."""
-    from .distributed import launch, launched_size
+    from ..training.distributed import launch, launched_size
 
     if launched_size() > 1:
         if launched_size() != count:
@@ -170,11 +170,11 @@ def _predictor(graph, params, executor: ExecutorChoice, threads: int, batch_size
     if executor is ExecutorChoice.onnxruntime:
         from alexc_runtime.ort import OrtPredictor
 
-        from .onnx_export import export_onnx
+        from ..onnx_export import export_onnx
 
         model = export_onnx(graph, params, lrn="decomposed").SerializeToString()
         return OrtPredictor(model, threads)
-    from .compile import compile
+    from ..passes.compile import compile
 
     return compile(graph, batch_size, threads=threads).predictor(params)
 
@@ -182,7 +182,7 @@ def _predictor(graph, params, executor: ExecutorChoice, threads: int, batch_size
 def _onnx_predictor(onnx_file: Path, graph, threads: int):
     """An ONNX file in onnxruntime, checked to take the graph's input; and its class names
     (from the file's metadata, else the graph's, else None) and number of classes."""
-    from .check import load_onnx
+    from ..check import load_onnx
 
     predictor = load_onnx(onnx_file, threads)
     session = predictor.session
@@ -204,7 +204,7 @@ def _model(graph_path: Path, weights, onnx_file, executor, threads: int, batch_s
     if (weights is None) == (onnx_file is None):
         raise AlexcError("give --weights CKPT or --onnx FILE (one of the two)")
     if onnx_file is not None:
-        from .frontend import load_graph
+        from ..serial.frontend import load_graph
 
         if executor is ExecutorChoice.numpy:
             raise AlexcError("--onnx runs the file in onnxruntime: leave out --executor numpy")
@@ -219,8 +219,8 @@ def _model(graph_path: Path, weights, onnx_file, executor, threads: int, batch_s
 
 def _weights_graph(graph_path: Path, weights: Path):
     """The graph (sized to the checkpoint's classes) and its checked parameters."""
-    from .checkpoint import load_for_graph
-    from .frontend import load_graph
+    from ..serial.frontend import load_graph
+    from ..training.checkpoint import load_for_graph
 
     return load_for_graph(weights, load_graph(graph_path))
 
@@ -262,15 +262,15 @@ def evaluate(
     """Top-1 and top-5 accuracy of trained weights (or an exported ONNX file) on a data set."""
     from dataclasses import replace
 
-    from .data import Augment, Loader, open_source
-    from .distributed import process_ranks
-    from .memory import check_fits, input_bytes, plan_peak
-    from .train import evaluate as run_eval
+    from ..data import Augment, Loader, open_source
+    from ..training.distributed import process_ranks
+    from ..training.loop import evaluate as run_eval
+    from ..training.memory import check_fits, input_bytes, plan_peak
 
     if split not in ("val", "test"):
         raise AlexcError(f"--split must be val or test, not {split!r}")
     if confusion is not None:
-        from .plot import picture_format
+        from ..viz.plot import picture_format
 
         picture_format(confusion)
     g, predictor, _, num_classes, model = _model(
@@ -299,7 +299,7 @@ def evaluate(
     if not ranks.lead:
         return
     if confusion is not None:
-        from .plot import plot_confusion
+        from ..viz.plot import plot_confusion
 
         title = f"{g.name} on {Path(data).name} ({split}), {Path(model).name}"
         path = plot_confusion(np.array(result["confusion"]), source.classes, confusion, title)
@@ -333,15 +333,15 @@ def infer(
     ),
 ):
     """Classify images: class names and probabilities."""
-    from .data import Augment, FolderSource, Loader
-    from .train import log_softmax
+    from ..data import Augment, FolderSource, Loader
+    from ..training.loop import log_softmax
 
     g, predictor, classes, _, _ = _model(graph, weights, onnx_file, executor, threads, len(images))
     for path in images:
         if not path.is_file():
             raise AlexcError(f"{path}: no such image file")
     if explain is not None:
-        from .plot import picture_format
+        from ..viz.plot import picture_format
 
         picture_format(explain)
         if len(images) != 1:
@@ -376,7 +376,7 @@ def infer(
             }
         )
     if explain is not None:
-        from .plot import plot_activations
+        from ..viz.plot import plot_activations
 
         best = results[0]["top"][0]
         title = f"{readable[0].name}: {best['class']} ({best['probability']:.3f})"
@@ -400,7 +400,7 @@ def plot(
     ),
 ):
     """Draw the loss, accuracy and learning-rate curves of a run."""
-    from .plot import plot_run
+    from ..viz.plot import plot_run
 
     console.print(f"wrote {plot_run(run_dir, out)}", highlight=False)
 
@@ -412,7 +412,7 @@ def filters(
     out: Path = typer.Option(Path("filters.png"), "--out", "-o", help=".png or .svg to write"),
 ):
     """Draw the first conv layer's filters as a grid, one block per tower."""
-    from .plot import picture_format, plot_filters
+    from ..viz.plot import picture_format, plot_filters
 
     picture_format(out)
     g, params = _weights_graph(graph, weights)
@@ -420,9 +420,9 @@ def filters(
 
 
 def _register_commands():
-    from .cli_bench import bench
-    from .cli_import import import_cmd
-    from .cli_onnx import check_cmd, export
+    from .bench import bench
+    from .import_onnx import import_cmd
+    from .onnx import check_cmd, export
 
     app.command("export")(export)
     app.command("check")(check_cmd)
@@ -436,7 +436,7 @@ _register_commands()
 def main() -> None:
     """Entry point: run the app, turning AlexcError into one line and exit code 1 (under MPI,
     naming the rank and ending the other ranks too)."""
-    from .distributed import fail
+    from ..training.distributed import fail
 
     try:
         app(standalone_mode=False)

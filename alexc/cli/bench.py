@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .errors import AlexcError
+from ..errors import AlexcError
 
 progress_console = Console(stderr=True)
 
@@ -128,7 +128,7 @@ COMPARISON_CAPTION = (
 
 def data_lines(result: dict) -> list[str]:
     """One line per batch size timed by --data: the pipeline's images/s against the step's."""
-    from .bench import DATA_TARGET
+    from ..bench.timing import DATA_TARGET
 
     workers = (result["config"].get("data") or {}).get("workers")
     return [
@@ -209,7 +209,7 @@ def markdown(result: dict) -> str:
 def check_bench_fits(graph, modes: Sequence[str], sizes: Sequence[int]) -> None:
     """Refuse a batch size whose row would not fit in memory, before any row runs. Rows run
     one at a time; the NumPy executor's plan stands in for every executor's peak."""
-    from .memory import check_fits, input_bytes, plan_peak
+    from ..training.memory import check_fits, input_bytes, plan_peak
 
     momentum = 4 * sum(math.prod(p.shape) for p in graph.params) if "train" in modes else 0
 
@@ -296,8 +296,8 @@ def bench(
     ] = False,
 ):
     """Images/s, latency, GFLOP/s and peak memory of every executor, inference and training."""
-    from .bench import EXECUTORS, MODES, calls_per_row, data_calls, plan_rows, run_bench
-    from .frontend import load_graph
+    from ..bench.timing import EXECUTORS, MODES, calls_per_row, data_calls, plan_rows, run_bench
+    from ..serial.frontend import load_graph
 
     sizes = _int_list(batch_sizes, "--batch-sizes")
     if ranks is not None or scaling:
@@ -358,9 +358,9 @@ def bench(
 
 def _distributed(graph, counts, transports, scaling, sizes, threads, repeats, warmup) -> None:
     """`alexc bench --ranks/--scaling`: the tables of alexc.bench_mpi, on stdout."""
-    from .bench import machine_info
-    from .bench_mpi import RANK_COUNTS, layer_times, measure_ranks, predict_scaling, scaling_limits
-    from .frontend import load_graph
+    from ..bench.mpi import RANK_COUNTS, layer_times, measure_ranks, predict_scaling, scaling_limits
+    from ..bench.timing import machine_info
+    from ..serial.frontend import load_graph
 
     out = _console()
     machine = machine_info(threads, sgemm_repeats=1)

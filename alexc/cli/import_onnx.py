@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from .errors import AlexcError
+from ..errors import AlexcError
 
 
 def _shape(text: str | None) -> tuple[int, ...] | None:
@@ -52,9 +52,9 @@ def import_cmd(
 ):
     """Import an ONNX model (e.g. a torchvision export, the ONNX zoo's bvlc_alexnet) as a graph
     file and a weights file, to inspect, fine-tune and run with alexc."""
-    from .checkpoint import save_checkpoint
-    from .graph_yaml import write_graph
-    from .onnx_import import import_onnx
+    from ..onnx_import import import_onnx
+    from ..serial.graph_yaml import write_graph
+    from ..training.checkpoint import save_checkpoint
 
     graph, params = import_onnx(
         model,

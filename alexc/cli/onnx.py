@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import AlexcError
+from ..errors import AlexcError
 
 console = Console()
 
@@ -26,8 +26,8 @@ class LrnForm(str, Enum):
 def _graph_and_params(graph_path: Path, weights: Path | None, seed: int | None):
     """(graph, params, where the params came from). A checkpoint trained on other classes
     resizes the graph's last layer and names its classes (alexc.checkpoint.load_for_graph)."""
-    from .checkpoint import load_for_graph
-    from .frontend import load_graph
+    from ..serial.frontend import load_graph
+    from ..training.checkpoint import load_for_graph
 
     graph = load_graph(graph_path)
     if weights is None:
@@ -61,7 +61,7 @@ def export(
     lrn: Lrn = LrnForm.node,
 ):
     """Export a graph and its weights as an ONNX inference model."""
-    from .onnx_export import export_onnx
+    from ..onnx_export import export_onnx
 
     if weights is not None and seed is not None:
         raise AlexcError("give --weights or --seed, not both")
@@ -100,7 +100,7 @@ def check_cmd(
     ] = None,
 ):
     """Compare the NumPy executor with onnxruntime on alexc's own export; fail above tolerance."""
-    from .check import check
+    from ..check import check
 
     g, params, source = _graph_and_params(graph, weights, seed)
     rows = check(

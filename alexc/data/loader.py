@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from alexc.distributed import batch_share
 from alexc.errors import DataError
+from alexc.training.distributed import batch_share
 
 from .augment import DRAWS, Augment, gather_crops, resize_short_side, sample_uniforms
 from .sources import ArraySource, Source

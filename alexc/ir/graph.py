@@ -10,9 +10,11 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-from .errors import GraphError, is_number
-from .ir import INIT_KINDS, Graph, Input, Node, Op, Param, Shape
-from .ops import MAX_ELEMENTS, RULES, ShapeError, normalise_attrs
+import numpy as np
+
+from ..errors import CheckpointError, GraphError, is_number
+from ..ops import MAX_ELEMENTS, RULES, ShapeError, normalise_attrs
+from .core import INIT_KINDS, Graph, Input, Node, Op, Param, Shape
 
 # Parameters a node gets when its graph file says nothing: PyTorch's default initialisation.
 DEFAULT_INIT = {"weight": {"fan_in_uniform": 1.0}, "bias": {"fan_in_uniform": 1.0}}
@@ -264,3 +266,26 @@ def with_input_shape(graph: Graph, shape: Shape) -> Graph:
     """The same graph for another input shape (e.g. channels of a data set)."""
     (first, *rest) = graph.inputs
     return rebuild(graph, inputs=[Input(first.name, tuple(shape)), *rest])
+
+
+def check_params(
+    params: Mapping[str, np.ndarray], graph: Graph, source: str = "weights"
+) -> dict[str, np.ndarray]:
+    """The graph's parameters from `params`, as float32; names what is missing or mis-shaped."""
+    missing = [p.name for p in graph.params if p.name not in params]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise CheckpointError(
+            f"{source}: no tensor '{missing[0]}'{more} for graph '{graph.name}' "
+            "(were these weights trained for another graph?)"
+        )
+    out = {}
+    for p in graph.params:
+        value = params[p.name]
+        if tuple(value.shape) != p.shape:
+            raise CheckpointError(
+                f"{source}: tensor '{p.name}' has shape {list(value.shape)}, graph "
+                f"'{graph.name}' needs {list(p.shape)}"
+            )
+        out[p.name] = np.ascontiguousarray(value, dtype=np.float32)
+    return out

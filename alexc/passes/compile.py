@@ -8,8 +8,8 @@ import numpy as np
 from alexc_runtime.executor import PlanExecutor
 from alexc_runtime.plan import Plan
 
-from .errors import AlexcError
-from .ir import Graph
+from ..errors import AlexcError
+from ..ir import Graph
 from .lower import LABELS, LOSS, grad_name, lower
 
 

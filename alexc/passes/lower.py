@@ -17,10 +17,10 @@ import numpy as np
 from alexc_runtime.kernels import conv as conv_kernel
 from alexc_runtime.plan import Plan, Slot, Step
 
-from .errors import GraphError
-from .graph import rebuild
-from .ir import Graph, Node, Op
-from .ops import RULES
+from ..errors import GraphError
+from ..ir import Graph, Node, Op
+from ..ir.graph import rebuild
+from ..ops import RULES
 
 LABELS = "labels"
 LOSS = "loss"

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import yaml
 
-from .errors import GraphError, SectionError
-from .graph import build_graph, default_init_problem
-from .ir import Graph, Input, Node, Op
+from ..errors import GraphError, SectionError
+from ..ir import Graph, Input, Node, Op
+from ..ir.graph import build_graph, default_init_problem
 
 TOP_KEYS = ("name", "input", "init", "nodes", "outputs", "classes", "train", "data")
 NODE_KEYS = ("name", "op", "inputs", "init")
@@ -185,8 +185,8 @@ def parse_graph(text: str, source: str = "<string>") -> Graph:
 def _check_sections(graph: Graph, raw: dict, err) -> None:
     """Check the `train:` and `data:` sections now, as training would, and locate any error
     at the line of the key it names."""
-    from .data import Augment
-    from .train import Recipe
+    from ..data import Augment
+    from ..training.loop import Recipe
 
     shape = graph.input.shape
     try:

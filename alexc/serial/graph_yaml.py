@@ -14,11 +14,11 @@ from pathlib import Path
 
 import yaml
 
-from .errors import GraphError
-from .files import write_atomic
-from .graph import DEFAULT_INIT
-from .ir import Graph, Node
-from .ops import RULES
+from ..errors import GraphError
+from ..files import write_atomic
+from ..ir import Graph, Node
+from ..ir.graph import DEFAULT_INIT
+from ..ops import RULES
 
 
 def _plain(value):

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CheckpointError
-from .files import write_atomic
-from .ir import Graph
+from ..errors import CheckpointError
+from ..files import write_atomic
+from ..ir import Graph
+from ..ir.graph import check_params, with_classes
 
 MOMENTUM = "momentum/"
 
@@ -71,29 +72,6 @@ def _metadata(blob: bytes) -> dict:
     return json.loads(blob[8 : 8 + n]).get("__metadata__") or {}
 
 
-def check_params(
-    params: Mapping[str, np.ndarray], graph: Graph, source: str = "weights"
-) -> dict[str, np.ndarray]:
-    """The graph's parameters from `params`, as float32; names what is missing or mis-shaped."""
-    missing = [p.name for p in graph.params if p.name not in params]
-    if missing:
-        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        raise CheckpointError(
-            f"{source}: no tensor '{missing[0]}'{more} for graph '{graph.name}' "
-            "(were these weights trained for another graph?)"
-        )
-    out = {}
-    for p in graph.params:
-        value = params[p.name]
-        if tuple(value.shape) != p.shape:
-            raise CheckpointError(
-                f"{source}: tensor '{p.name}' has shape {list(value.shape)}, graph "
-                f"'{graph.name}' needs {list(p.shape)}"
-            )
-        out[p.name] = np.ascontiguousarray(value, dtype=np.float32)
-    return out
-
-
 def load_weights(path: str | Path, graph: Graph) -> dict[str, np.ndarray]:
     """Parameters for `graph` from a checkpoint or weights file, checked name by name."""
     params, _, _ = read_checkpoint(path)
@@ -103,8 +81,6 @@ def load_weights(path: str | Path, graph: Graph) -> dict[str, np.ndarray]:
 def load_for_graph(path: str | Path, graph: Graph) -> tuple[Graph, dict[str, np.ndarray]]:
     """(graph, params) from a checkpoint: a graph trained on another data set (e.g. the paper
     net on Fashion-MNIST's 10 classes) gets its last layer resized to the checkpoint's classes."""
-    from .graph import with_classes
-
     params, _, meta = read_checkpoint(path)
     classes = meta.get("classes")
     if isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes):

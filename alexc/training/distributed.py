@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import AlexcError
+from ..errors import AlexcError
 
 INSTALL = "pip install -e '.[mpi]'"
 BUCKET_BYTES = 25 << 20  # as PyTorch DDP: big enough to amortise latency, small to overlap

@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 from alexc_runtime.sample_rng import SampleRng
 
-from .checkpoint import check_params, read_checkpoint, save_checkpoint
-from .compile import compile
+from ..errors import AlexcError, CheckpointError, SectionError, is_int, is_number
+from ..files import os_reason
+from ..ir import Graph, init_param
+from ..ir.graph import check_params, with_classes
+from ..passes.compile import compile
+from .checkpoint import read_checkpoint, save_checkpoint
 from .distributed import Single, batch_share, process_ranks
-from .errors import AlexcError, CheckpointError, SectionError, is_int, is_number
-from .files import os_reason
-from .graph import with_classes
-from .ir import Graph, init_param
 from .memory import check_fits
 from .optim import SGD, Schedule
 
@@ -189,7 +189,7 @@ def training_data(graph: Graph, data: str):
     (source, graph, augment), as `alexc train` (and `alexc bench --data`) build them.
 
     The split's seed is not the run's: every run holds out the same validation images."""
-    from .data import Augment, open_source
+    from ..data import Augment, open_source
 
     source = open_source(data, split="train", channels=graph.input.shape[0])
     graph = adapt_graph(graph, list(source.classes))
@@ -201,7 +201,7 @@ def training_loader(
 ):
     """The loader of one training epoch (shuffled, augmented, prefetched by `workers` threads;
     `part`: this rank's share of each batch)."""
-    from .data import Loader
+    from ..data import Loader
 
     return Loader(
         source,
@@ -312,7 +312,7 @@ def train(
     each epoch) and RUN_DIR/best.safetensors (best validation top-1). Under MPI (`ranks`,
     default: this process's), each rank trains on its share of every batch and rank 0 alone
     writes files and prints."""
-    from .data import Loader, open_source
+    from ..data import Loader, open_source
 
     ranks = ranks or process_ranks()
     # Plain text: paths and error messages may hold [brackets], which rich reads as markup.

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import AlexcError
-from .ir import Graph
+from ..errors import AlexcError
+from ..ir import Graph
 
 CGROUP = Path("/sys/fs/cgroup")
 
@@ -80,7 +80,7 @@ def check_fits(need: Callable[[int], int], batch_size: int, what: str) -> None:
 
 def plan_peak(graph: Graph, batch_size: int, *, training: bool) -> int:
     """The planned peak of one call of the NumPy executor, in bytes."""
-    from .lower import lower
+    from ..passes.lower import lower
 
     return lower(graph, batch_size, training=training).planned_peak_bytes
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 from alexc_runtime.threads import ShardPool
 
-from .errors import AlexcError, SectionError, is_int, is_number
+from ..errors import AlexcError, SectionError, is_int, is_number
 
 CHUNK = 1 << 16  # elements per cache-sized piece of the update (256 KiB of float32)
 

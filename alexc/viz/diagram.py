@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .ir import Graph, Node, Op
+from ..ir import Graph, Node, Op
 from .plot import CHANNELWISE, new_figure, picture_format, save_figure
 
 COLOURS = {

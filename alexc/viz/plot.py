@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import AlexcError
-from .files import write_atomic
-from .ir import Graph, Node, Op
-from .train import load_run_metrics
+from ..errors import AlexcError
+from ..files import write_atomic
+from ..ir import Graph, Node, Op
+from ..training.loop import load_run_metrics
 
 FORMATS = (".png", ".svg")
 # Ops that map each channel to the same channel: the towers of a grouped conv stay apart
@@ -291,8 +291,8 @@ def activation_nodes(graph: Graph) -> list[str]:
 
 def layer_activations(graph: Graph, params: Mapping[str, np.ndarray], x: np.ndarray) -> dict:
     """The output of every node `activation_nodes` names for the batch `x` (inference mode)."""
-    from .compile import compile
-    from .graph import rebuild
+    from ..ir.graph import rebuild
+    from ..passes.compile import compile
 
     shown = activation_nodes(graph)
     if not shown:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .ir import Graph
+from ..ir import Graph
 
 
 def summarize(graph: Graph, batch_size: int = 1) -> dict:

@@ -9,10 +9,9 @@ from statistics import median
 
 import numpy as np
 import pytest
-from conftest import GRAPHS, color_folder
 
 from alexc import AlexcError, compile, load_graph, parse_graph
-from alexc.bench import (
+from alexc.bench.timing import (
     EXECUTORS,
     MB,
     Row,
@@ -22,6 +21,7 @@ from alexc.bench import (
     timed_kernels,
 )
 from alexc.ir import Op
+from tests.helpers import GRAPHS, color_folder
 
 TINY = """
 name: tiny
@@ -145,8 +145,8 @@ def document(mini):
 @pytest.fixture
 def bench_cli(run_cli):
     """The CLI with `bench` registered (alexc/cli.py registers it; tests must not depend on it)."""
-    from alexc.cli import app
-    from alexc.cli_bench import bench
+    from alexc.cli.app import app
+    from alexc.cli.bench import bench
 
     if not any(c.callback is bench for c in app.registered_commands):
         app.command("bench")(bench)

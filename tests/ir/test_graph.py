@@ -6,12 +6,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import GRAPHS
 
 import alexc
-from alexc.graph import verify
 from alexc.ir import Op
+from alexc.ir.graph import verify
 from alexc.ops import RULES
+from tests.helpers import GRAPHS
 
 TINY = """\
 name: tiny
@@ -158,7 +158,7 @@ def test_verifier_catches_tampering():
 
 
 def test_every_op_has_every_rule():
-    from alexc.lower import MEMORY
+    from alexc.passes.lower import MEMORY
 
     missing = [op.value for op in Op if op not in RULES or op not in MEMORY]
     assert not missing, f"ops without rules: {missing}"
@@ -358,7 +358,7 @@ def test_train_and_data_sections_are_checked_where_they_are_written(tmp_path, ru
 
 def test_good_sections_load_and_train_reads_them():
     from alexc.data import Augment
-    from alexc.train import Recipe
+    from alexc.training.loop import Recipe
 
     graph = alexc.parse_graph(SECTIONS, "sections.yaml")
     recipe = Recipe.from_graph(graph)

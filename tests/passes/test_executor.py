@@ -7,11 +7,11 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from conftest import GRAPHS
 
 import alexc
-from alexc.compile import compile
-from alexc.lower import lower
+from alexc.passes.compile import compile
+from alexc.passes.lower import lower
+from tests.helpers import GRAPHS
 
 MINI = GRAPHS / "alexnet-mini.yaml"
 

@@ -21,13 +21,13 @@ from alexc_runtime.ort import OrtPredictor
 
 import alexc
 from alexc.check import CheckRow, check, compare
-from alexc.checkpoint import save_checkpoint
 from alexc.errors import AlexcError
-from alexc.graph import build_graph, with_classes, with_input_shape
 from alexc.ir import Input, Node, Op
+from alexc.ir.graph import build_graph, with_classes, with_input_shape
 from alexc.onnx_export import EXPORT, IR_VERSIONS, export_onnx
+from alexc.training.checkpoint import save_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GRAPHS = ROOT / "graphs"
 RTOL = 1e-5
 

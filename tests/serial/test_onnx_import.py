@@ -19,7 +19,6 @@ from typer.testing import CliRunner
 
 import alexc
 from alexc.errors import AlexcError
-from alexc.graph_yaml import graph_to_yaml, write_graph
 from alexc.onnx_export import export_onnx
 from alexc.onnx_import import (
     SUPPORTED_OPS,
@@ -27,8 +26,9 @@ from alexc.onnx_import import (
     convert_onnx,
     import_onnx,
 )
+from alexc.serial.graph_yaml import graph_to_yaml, write_graph
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GRAPHS = ROOT / "graphs"
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 RTOL = 1e-4
@@ -120,7 +120,7 @@ def test_graph_files_survive_yaml_writing(path):
 
 
 def test_yaml_writer_quotes_what_yaml_would_misread():
-    from alexc.graph import build_graph
+    from alexc.ir.graph import build_graph
 
     names = ["1", "yes", "null", "a: b", "#x", "[y]", "'q'", "- d", "0x10", "~", " sp", "ü"]
     previous = ["in put", *names[:-1]]
@@ -580,7 +580,7 @@ def test_weightless_models_import_with_random_weights():
 
 
 def cli():
-    from alexc.cli_import import import_cmd
+    from alexc.cli.import_onnx import import_cmd
 
     app = typer.Typer()
     app.command("import")(import_cmd)
@@ -589,7 +589,7 @@ def cli():
 
 
 def test_cli_import_writes_graph_and_weights(tmp_path):
-    from alexc.checkpoint import load_weights
+    from alexc.training.checkpoint import load_weights
 
     source = GRAPHS / "alexnet-mini.yaml"
     graph = alexc.load_graph(source)

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from alexc_runtime.sample_rng import SampleRng
-from conftest import GRAPHS, ROOT
 
 import alexc
-from alexc.checkpoint import read_checkpoint
-from alexc.compile import compile
-from alexc.distributed import batch_share, launch_command
+from alexc.passes.compile import compile
+from alexc.training.checkpoint import read_checkpoint
+from alexc.training.distributed import batch_share, launch_command
+from tests.helpers import GRAPHS, ROOT
 
 TINY = """\
 name: tiny
@@ -148,7 +148,7 @@ def test_executor_reports_each_gradient_once_when_final_last_layer_first():
 
 
 def test_missing_mpi_is_one_line_with_the_install_command(tiny, run_cli, monkeypatch):
-    import alexc.distributed as distributed
+    import alexc.training.distributed as distributed
 
     monkeypatch.setattr(distributed, "_launcher", lambda: None)
     code, _, err = run_cli("train", tiny, "--ranks", "2")
@@ -209,9 +209,9 @@ from pathlib import Path
 from mpi4py import MPI
 
 import alexc
-from alexc.distributed import GradientAverager, Ranks
+from alexc.training.distributed import GradientAverager, Ranks
 from alexc.errors import AlexcError
-from alexc.train import train
+from alexc.training.loop import train
 
 
 class Nudged(GradientAverager):
@@ -282,8 +282,8 @@ RAISING_RANK = """\
 import sys
 import time
 
-import alexc.distributed as distributed
-from alexc.cli import main
+import alexc.training.distributed as distributed
+from alexc.cli.app import main
 from alexc.errors import AlexcError
 
 finish = distributed.GradientAverager.finish
@@ -421,7 +421,7 @@ def test_three_ranks_split_an_uneven_batch_as_one_process_does(mpi, tiny, idx, t
 
 
 def test_scaling_model_against_a_hand_calculation():
-    from alexc.bench_mpi import predict_step_ms
+    from alexc.bench.mpi import predict_step_ms
 
     stretches = [  # backward order: an FC layer's gradient first, then a conv's, then SGD
         {

@@ -6,13 +6,13 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import GRAPHS, color_folder
 
 import alexc
-from alexc import memory
-from alexc.checkpoint import save_checkpoint
 from alexc.errors import AlexcError
-from alexc.lower import lower
+from alexc.passes.lower import lower
+from alexc.training import memory
+from alexc.training.checkpoint import save_checkpoint
+from tests.helpers import GRAPHS, color_folder
 
 TINY = """\
 name: tiny

@@ -13,15 +13,15 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 import pytest
-from conftest import ROOT, color_folder
 from PIL import Image
 
 import alexc
-from alexc import optim
-from alexc.checkpoint import load_for_graph, read_checkpoint, save_checkpoint
 from alexc.errors import AlexcError
-from alexc.optim import SGD, Schedule
-from alexc.train import train
+from alexc.training import optim
+from alexc.training.checkpoint import load_for_graph, read_checkpoint, save_checkpoint
+from alexc.training.loop import train
+from alexc.training.optim import SGD, Schedule
+from tests.helpers import ROOT, color_folder
 
 TINY = """\
 name: tiny
@@ -728,7 +728,7 @@ def test_eval_with_onnxruntime_and_check_of_an_exported_file(tiny, folder, tmp_p
 
 
 def test_the_onnxruntime_executor_runs_the_decomposed_lrn_form(tiny):
-    from alexc.cli import ExecutorChoice, _predictor
+    from alexc.cli.app import ExecutorChoice, _predictor
 
     graph, _ = tiny
     predictor = _predictor(graph, graph.init_params(0), ExecutorChoice.onnxruntime, 1, 2)

@@ -9,15 +9,15 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
-from conftest import GRAPHS, color_folder
 from PIL import Image
 
 import alexc
-from alexc.checkpoint import save_checkpoint
 from alexc.data import open_source
-from alexc.diagram import BOX_WIDTH, boxes
-from alexc.plot import layer_activations, normalise_kernels, tower_count
-from alexc.train import evaluate
+from alexc.training.checkpoint import save_checkpoint
+from alexc.training.loop import evaluate
+from alexc.viz.diagram import BOX_WIDTH, boxes
+from alexc.viz.plot import layer_activations, normalise_kernels, tower_count
+from tests.helpers import GRAPHS, color_folder
 
 TINY = """\
 name: tiny
@@ -161,7 +161,7 @@ def test_filter_grid_of_the_mini_net_is_grey_in_two_tower_blocks(tmp_path, run_c
 
 
 def test_filter_grid_of_rgb_kernels_is_in_colour(tiny, tmp_path):
-    from alexc.plot import plot_filters
+    from alexc.viz.plot import plot_filters
 
     graph, _ = tiny
     out = plot_filters(graph, graph.init_params(0), tmp_path / "f.png")

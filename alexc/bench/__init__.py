@@ -1,0 +1,2 @@
+"""`alexc bench`: machine and memory probes, timing rounds, comparisons, the kernel profiler
+and the MPI bench."""

@@ -1,0 +1,1 @@
+"""Serialisation: graph files (YAML) read and written; ONNX export and import."""

@@ -1,0 +1,2 @@
+"""Training: the loop (`train()`), its recipe, optimiser, checkpoints, evaluation, metrics,
+MPI ranks and the training-memory forecast."""
