@@ -21,7 +21,7 @@ import alexc
 from alexc.errors import AlexcError
 from alexc.serial.graph_yaml import write_graph
 from alexc.training.checkpoint import read_checkpoint, save_checkpoint
-from alexc.training.loop import MetricsLog, load_run_metrics
+from alexc.training.metrics import MetricsLog, load_run_metrics
 from tests.helpers import color_folder
 
 GRAPH = """\

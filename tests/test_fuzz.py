@@ -149,7 +149,7 @@ def check_graph_text(text: str) -> None:
     verify(graph)
     # What the frontend accepts, training and preprocessing accept too.
     from alexc.data import Augment
-    from alexc.training.loop import Recipe
+    from alexc.training.recipe import Recipe
 
     Recipe.from_graph(graph)
     if len(graph.input.shape) == 3 and graph.input.shape[0] in (1, 3):

@@ -129,7 +129,7 @@ def layer_times(graph, batch: int, threads: int, repeats: int = 2) -> list[dict]
     SGD update's ms as a last row (params_bytes 0)."""
     from ..passes.compile import compile
     from ..training.optim import SGD
-    from .timing import timed_kernels
+    from .profile import timed_kernels
 
     params = graph.init_params(0)
     rng = np.random.default_rng(0)

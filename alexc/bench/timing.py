@@ -1,4 +1,4 @@
-"""Measurement behind `alexc bench`: speed, GFLOP/s and peak memory of every executor.
+"""Timing rounds behind `alexc bench`: speed, GFLOP/s and peak memory of every executor.
 
 Every public function returns plain data (what `alexc bench --json` writes); the CLI draws it.
 
@@ -28,21 +28,13 @@ Conventions (also written into the JSON, under "conventions"):
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import gc
-import importlib.metadata
 import itertools
-import os
-import platform
 import time
-import tracemalloc
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from statistics import mean, median
+from statistics import median
 
 import numpy as np
-from alexc_runtime.executor import blas_threads
-from alexc_runtime.kernels import KERNELS, Kernel
 from alexc_runtime.malloc import keep_freed_memory
 
 from ..errors import AlexcError
@@ -50,6 +42,9 @@ from ..ir import Graph, Op
 from ..passes.compile import compile as compile_graph
 from ..training.loop import training_data, training_loader
 from ..training.optim import SGD
+from .compare import compare
+from .machine import machine_info
+from .memory import PEAK_METHODS, proc_status, release_free_memory, reset_hwm, traced_peak
 
 EXECUTORS = ("numpy", "onnxruntime", "onnxruntime-lrn-decomposed", "torch")
 MODES = ("infer", "train")
@@ -60,14 +55,6 @@ DATA_IMAGES = 512  # the least images one timed repeat of the data pipeline take
 DATA_TARGET = 2.0  # the pipeline should deliver at least this many times the step's images/s
 # The training step's optimizer, as the paper's recipe sets it (lr only affects the numbers).
 LR, MOMENTUM, WEIGHT_DECAY = 1e-3, 0.9, 5e-4
-# (what it is, M, K, N) of C(M, N) = A(M, K) @ B(K, N): the GEMMs an AlexNet layer runs.
-SGEMM_SHAPES = (
-    ("conv1 (paper), 4 images", 96, 363, 4 * 55 * 55),
-    ("conv2 (paper), one group, 8 images", 128, 1200, 8 * 27 * 27),
-    ("conv3, 16 images", 384, 2304, 16 * 13 * 13),
-    ("fc6, batch 64 (x @ W.T)", 64, 9216, 4096),
-)
-
 CONVENTIONS = {
     "latency_ms": "wall time of one call on the whole batch, after warm-up calls",
     "images_per_s": "batch_size / median latency (min/max from the max/min latency)",
@@ -88,12 +75,6 @@ CONVENTIONS = {
     "data.ratio": f"data images_per_s / numpy train images_per_s, same batch (target >= "
     f"{DATA_TARGET:g})",
 }
-PEAK_METHODS = {
-    "tracemalloc": "parameters (+ momentum when training) + tracemalloc peak of one call",
-    "rss": "VmHWM of one call after warm-up (reset just before it, after free heap pages were "
-    "handed back) - VmRSS before building the executor; one-time library set-up excluded by an "
-    "earlier batch-1 call",
-}
 
 
 @dataclass(frozen=True)
@@ -109,119 +90,6 @@ class Row:
         return f"{self.executor} {self.mode} batch {self.batch_size}"
 
 
-# --- the machine ----------------------------------------------------------------------------
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _cpu() -> tuple[str, list[str]]:
-    """(model name, the SIMD flags that matter for sgemm) from /proc/cpuinfo where there is one."""
-    name, flags = platform.processor() or platform.machine(), []
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            info = {}
-            for line in f:
-                key, _, value = line.partition(":")
-                info.setdefault(key.strip(), value.strip())  # the first CPU's lines
-        name = info.get("model name") or name
-        have = set(info.get("flags", "").split())
-        flags = [f for f in ("avx2", "fma", "avx512f") if f in have]
-    return name, flags
-
-
-def sgemm_peak(threads: int, repeats: int = 5, seed: int = 0) -> dict:
-    """NumPy float32 matmul GFLOP/s on AlexNet-shaped GEMMs with `threads` BLAS threads."""
-    rng = np.random.default_rng(seed)
-    shapes = []
-    with blas_threads(threads):
-        for what, m, k, n in SGEMM_SHAPES:
-            a = rng.standard_normal((m, k), dtype=np.float32)
-            b = rng.standard_normal((n, k), dtype=np.float32).T  # a transposed view, no copy
-            out = np.empty((m, n), dtype=np.float32)
-            np.matmul(a, b, out=out)  # warm-up: first-touch pages, BLAS thread start
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                np.matmul(a, b, out=out)
-                times.append(time.perf_counter() - start)
-            gflops = 2 * m * k * n / median(times) / 1e9
-            shapes.append({"gemm": what, "m": m, "k": k, "n": n, "gflops": gflops})
-    return {"sgemm_peak_gflops": max(s["gflops"] for s in shapes), "sgemm": shapes}
-
-
-def machine_info(threads: int, sgemm_repeats: int = 5) -> dict:
-    """The CPU, library versions, BLAS and the measured sgemm peak at `threads` threads."""
-    from threadpoolctl import threadpool_info
-
-    cpu, simd = _cpu()
-    blas = [
-        {k: info.get(k) for k in ("internal_api", "version", "architecture")}
-        for info in threadpool_info()
-        if info.get("user_api") == "blas"
-    ]
-    affinity = getattr(os, "sched_getaffinity", None)
-    return {
-        "cpu": cpu,
-        "simd": simd,
-        "cores": len(affinity(0)) if affinity else os.cpu_count(),
-        "threads": threads,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "onnxruntime": _version("onnxruntime"),
-        "torch": _version("torch"),
-        "blas": blas[0] if blas else None,
-        **sgemm_peak(threads, sgemm_repeats),
-    }
-
-
-# --- memory ---------------------------------------------------------------------------------
-
-
-def _proc_status() -> dict[str, int]:
-    """The Vm* lines of /proc/self/status, in bytes."""
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key.startswith("Vm") and value.strip().endswith("kB"):
-                out[key] = int(value.split()[0]) * 1024
-    return out
-
-
-def _reset_hwm() -> bool:
-    """Reset VmHWM to the current resident size (Linux: clear_refs 5); False if impossible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _release_free_memory() -> None:
-    """Collect garbage and hand free heap pages back to the OS, so VmRSS is a fair baseline."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def _traced_peak(call: Callable[[], object]) -> int:
-    """Peak bytes NumPy and Python allocated during one call (beyond what existed before)."""
-    gc.collect()
-    tracemalloc.start()
-    try:
-        call()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
 # --- the executors --------------------------------------------------------------------------
 
 
@@ -235,7 +103,7 @@ class _Setup:
     extra: dict = field(default_factory=dict)  # more keys for the row's result
 
 
-class _Bench:
+class Bench:
     """Builds each row's call for one graph, sharing parameters, inputs and exports."""
 
     def __init__(self, graph: Graph, threads: int, seed: int):
@@ -394,7 +262,7 @@ def _uses_rss(row: Row) -> bool:
     return row.executor != "numpy"
 
 
-def _ready(bench: _Bench, row: Row, warmup: int, primed: set, tick) -> tuple[_Setup, dict]:
+def _ready(bench: Bench, row: Row, warmup: int, primed: set, tick) -> tuple[_Setup, dict]:
     """Build a row, warm it up, and take its peak memory during one call of its own."""
     bench.prepare(row)
     if _uses_rss(row):
@@ -403,21 +271,21 @@ def _ready(bench: _Bench, row: Row, warmup: int, primed: set, tick) -> tuple[_Se
             # the rest of the process: keep it out of the first row's memory growth.
             primed.add((row.executor, row.mode))
             bench.setup(Row(row.executor, row.mode, 1)).call()
-        _release_free_memory()
-        baseline = _proc_status()["VmRSS"]
+        release_free_memory()
+        baseline = proc_status()["VmRSS"]
     ready = bench.setup(row)
     for _ in range(warmup):
         ready.call()
         tick(1)
     if not _uses_rss(row):
-        peak, method = (ready.held_bytes + _traced_peak(ready.call)) / MB, "tracemalloc"
+        peak, method = (ready.held_bytes + traced_peak(ready.call)) / MB, "tracemalloc"
     else:
         # What building and warm-up freed is no part of a call's footprint; with freed memory
         # kept mapped (alexc_runtime.malloc) it would otherwise stay resident and count.
-        _release_free_memory()
-        measurable = _reset_hwm()
+        release_free_memory()
+        measurable = reset_hwm()
         ready.call()
-        peak, method = (_proc_status()["VmHWM"] - baseline) / MB, "rss"
+        peak, method = (proc_status()["VmHWM"] - baseline) / MB, "rss"
         if not measurable:
             peak, method = None, "unavailable (VmHWM cannot be reset here)"
     tick(1)
@@ -425,7 +293,7 @@ def _ready(bench: _Bench, row: Row, warmup: int, primed: set, tick) -> tuple[_Se
 
 
 def _measure_group(
-    bench: _Bench,
+    bench: Bench,
     rows: Sequence[Row],
     warmup: int,
     repeats: int,
@@ -453,7 +321,7 @@ def _measure_group(
 
 
 def _result(
-    bench: _Bench,
+    bench: Bench,
     row: Row,
     warmup: int,
     times: list,
@@ -486,39 +354,6 @@ def _result(
         **memory,
         **ready.extra,
     }
-
-
-def compare(results: Sequence[dict]) -> list[dict]:
-    """The NumPy executor against every other row of the same mode and batch size.
-
-    speed: NumPy's images/s over the peer's, round by round (the peer's latency over NumPy's in
-    the same round), as median, min and max over the rounds; memory: NumPy's peak over the
-    peer's (None when either is unknown)."""
-    found = []
-    for ours in (r for r in results if r["executor"] == "numpy"):
-        same = (ours["mode"], ours["batch_size"])
-        for peer in results:
-            if peer["executor"] == "numpy" or (peer["mode"], peer["batch_size"]) != same:
-                continue
-            ratios = [
-                p / n for p, n in zip(peer["latencies_ms"], ours["latencies_ms"], strict=True)
-            ]
-            memory = None
-            if ours["peak_mb"] is not None and peer["peak_mb"]:
-                memory = ours["peak_mb"] / peer["peak_mb"]
-            found.append(
-                {
-                    "mode": ours["mode"],
-                    "batch_size": ours["batch_size"],
-                    "peer": peer["executor"],
-                    "speed": median(ratios),
-                    "speed_min": min(ratios),
-                    "speed_max": max(ratios),
-                    "rounds": len(ratios),
-                    "memory": memory,
-                }
-            )
-    return found
 
 
 def calls_per_row(row: Row, warmup: int, repeats: int) -> int:
@@ -630,6 +465,8 @@ def run_bench(
     `plan_rows(...)`'s answer when the caller already has it. With `data` (a data set as
     `alexc train --data` takes it), also time the training data pipeline against the NumPy
     training step (measured for the purpose where `modes` leave it out)."""
+    from .profile import profile_numpy  # profile.py builds on this module's Bench
+
     if repeats < 1 or warmup < 0 or threads < 1 or workers < 1:
         raise AlexcError("repeats, threads and workers must be >= 1, warmup >= 0")
     planned, notes = rows or plan_rows(graph, executors, modes, batch_sizes)
@@ -651,7 +488,7 @@ def run_bench(
             on_call=on_call,
         )
         notes = [*notes, *data_notes]
-    bench = _Bench(graph, threads, seed)
+    bench = Bench(graph, threads, seed)
     results, profiles, primed = [], [], set()
     try:
         for d in pipeline:
@@ -711,108 +548,3 @@ def run_bench(
 
 def _ticker(on_call, label) -> Callable[[int], None]:
     return (lambda n: on_call(label, n)) if on_call else (lambda n: None)
-
-
-# --- the per-op profile of the NumPy executor -----------------------------------------------
-
-
-@contextlib.contextmanager
-def timed_kernels(log: list) -> Iterator[None]:
-    """Within the block, every kernel call appends (op, backward?, seconds) to `log`.
-
-    The executor looks kernels up at call time (`KERNELS[step.op]`), so wrapping the table's
-    entries times every call; the originals are restored on leaving."""
-
-    def timed(fn, op, backward):
-        def run(*args):
-            start = time.perf_counter()
-            out = fn(*args)
-            log.append((op, backward, time.perf_counter() - start))
-            return out
-
-        return run
-
-    original = dict(KERNELS)
-    KERNELS.update(
-        {
-            op: Kernel(timed(k.forward, op, False), timed(k.backward, op, True))
-            for op, k in original.items()
-        }
-    )
-    try:
-        yield
-    finally:
-        KERNELS.update(original)
-
-
-def profile_numpy(
-    bench: _Bench, mode: str, batch_size: int, warmup: int, repeats: int, tick
-) -> dict:
-    """Per-node forward and backward time of the NumPy executor (mean over `repeats` calls).
-
-    Training adds the SGD update; "overhead" is the rest of the call (the executor's own loop,
-    gradient accumulation, input checks)."""
-    training = mode == "train"
-    plan = bench.numpy.plan(batch_size, training=training)
-    x, labels = bench.inputs(batch_size)
-    params = {k: v.copy() for k, v in bench.params.items()} if training else bench.params
-    optimizer = SGD(params, MOMENTUM, WEIGHT_DECAY, threads=bench.threads) if training else None
-    log: list = []
-    step_seconds = [[] for _ in plan.steps]
-    totals, updates = [], []
-    with timed_kernels(log):
-        for i in range(warmup + repeats):
-            log.clear()
-            start = time.perf_counter()
-            if training:
-                _, grads = bench.numpy.loss_and_grads(params, x, labels)
-                update_start = time.perf_counter()
-                optimizer.step(params, grads, LR)
-                updates.append(time.perf_counter() - update_start)
-            else:
-                bench.numpy.forward(params, x)
-            totals.append(time.perf_counter() - start)
-            tick(1)
-            if [(op, bw) for op, bw, _ in log] != [(s.op, s.backward) for s in plan.steps]:
-                raise AlexcError("the profile's kernel calls do not match the plan's steps")
-            if i >= warmup:
-                for seconds, (_, _, t) in zip(step_seconds, log, strict=True):
-                    seconds.append(t)
-    total_ms = mean(totals[warmup:]) * 1e3
-    forward: dict[str, float] = {}
-    backward: dict[str, float] = {}
-    ops: dict[str, str] = {}
-    for step, seconds in zip(plan.steps, step_seconds, strict=True):
-        node, op = step.node, step.op
-        if not step.backward and step.outputs[0] != node:  # a relu fused into this step
-            node, op = f"{node}+{step.outputs[0]}", f"{op}+relu"
-        ops.setdefault(node, op)
-        into = backward if step.backward else forward
-        into[node] = into.get(node, 0.0) + mean(seconds) * 1e3
-    rows = []
-    for node, op in ops.items():
-        f, b = forward.get(node, 0.0), backward.get(node, 0.0) if training else None
-        rows.append(_profile_row(node, op, f + (b or 0.0), f, b))
-    if training:
-        rows.append(_profile_row("sgd update", "sgd", mean(updates[warmup:]) * 1e3))
-    rows.append(_profile_row("overhead", "executor", total_ms - sum(r["ms"] for r in rows)))
-    by_op: dict[str, float] = {}
-    for r in rows:
-        r["share"] = r["ms"] / total_ms
-        by_op[r["op"]] = by_op.get(r["op"], 0.0) + r["ms"]
-    return {
-        "mode": mode,
-        "batch_size": batch_size,
-        "repeats": repeats,
-        "total_ms": total_ms,
-        "images_per_s": batch_size / total_ms * 1e3,
-        "nodes": rows,
-        "ops": [
-            {"op": op, "ms": ms, "share": ms / total_ms}
-            for op, ms in sorted(by_op.items(), key=lambda kv: -kv[1])
-        ],
-    }
-
-
-def _profile_row(node: str, op: str, ms: float, forward_ms=None, backward_ms=None) -> dict:
-    return {"node": node, "op": op, "forward_ms": forward_ms, "backward_ms": backward_ms, "ms": ms}

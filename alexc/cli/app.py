@@ -264,7 +264,7 @@ def evaluate(
 
     from ..data import Augment, Loader, open_source
     from ..training.distributed import process_ranks
-    from ..training.loop import evaluate as run_eval
+    from ..training.evaluate import evaluate as run_eval
     from ..training.memory import check_fits, input_bytes, plan_peak
 
     if split not in ("val", "test"):
@@ -334,7 +334,7 @@ def infer(
 ):
     """Classify images: class names and probabilities."""
     from ..data import Augment, FolderSource, Loader
-    from ..training.loop import log_softmax
+    from ..training.evaluate import log_softmax
 
     g, predictor, classes, _, _ = _model(graph, weights, onnx_file, executor, threads, len(images))
     for path in images:

@@ -358,8 +358,8 @@ def bench(
 
 def _distributed(graph, counts, transports, scaling, sizes, threads, repeats, warmup) -> None:
     """`alexc bench --ranks/--scaling`: the tables of alexc.bench_mpi, on stdout."""
+    from ..bench.machine import machine_info
     from ..bench.mpi import RANK_COUNTS, layer_times, measure_ranks, predict_scaling, scaling_limits
-    from ..bench.timing import machine_info
     from ..serial.frontend import load_graph
 
     out = _console()

@@ -186,7 +186,7 @@ def _check_sections(graph: Graph, raw: dict, err) -> None:
     """Check the `train:` and `data:` sections now, as training would, and locate any error
     at the line of the key it names."""
     from ..data import Augment
-    from ..training.loop import Recipe
+    from ..training.recipe import Recipe
 
     shape = graph.input.shape
     try:

@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import AlexcError
 from ..files import write_atomic
 from ..ir import Graph, Node, Op
-from ..training.loop import load_run_metrics
+from ..training.metrics import load_run_metrics
 
 FORMATS = (".png", ".svg")
 # Ops that map each channel to the same channel: the towers of a grouped conv stay apart

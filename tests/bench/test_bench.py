@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from alexc import AlexcError, compile, load_graph, parse_graph
+from alexc.bench.profile import timed_kernels
 from alexc.bench.timing import (
     EXECUTORS,
     MB,
@@ -18,7 +19,6 @@ from alexc.bench.timing import (
     data_batches,
     plan_rows,
     run_bench,
-    timed_kernels,
 )
 from alexc.ir import Op
 from tests.helpers import GRAPHS, color_folder

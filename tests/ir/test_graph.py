@@ -358,7 +358,7 @@ def test_train_and_data_sections_are_checked_where_they_are_written(tmp_path, ru
 
 def test_good_sections_load_and_train_reads_them():
     from alexc.data import Augment
-    from alexc.training.loop import Recipe
+    from alexc.training.recipe import Recipe
 
     graph = alexc.parse_graph(SECTIONS, "sections.yaml")
     recipe = Recipe.from_graph(graph)

@@ -14,7 +14,7 @@ from PIL import Image
 import alexc
 from alexc.data import open_source
 from alexc.training.checkpoint import save_checkpoint
-from alexc.training.loop import evaluate
+from alexc.training.evaluate import evaluate
 from alexc.viz.diagram import BOX_WIDTH, boxes
 from alexc.viz.plot import layer_activations, normalise_kernels, tower_count
 from tests.helpers import GRAPHS, color_folder
