@@ -30,8 +30,9 @@ from statistics import median
 
 import numpy as np
 
+from ..data.loader import batch_share
 from ..errors import AlexcError
-from ..training.distributed import BUCKET_BYTES, batch_share, launch_command, process_ranks
+from ..training.distributed import BUCKET_BYTES, launch_command, process_ranks
 
 LINKS = {"10 Gbit/s": (10e9 / 8, 25e-6), "100 Gbit/s": (100e9 / 8, 5e-6)}  # bytes/s, latency
 RANK_COUNTS = (1, 2, 4, 8, 16, 32, 64)

@@ -1,7 +1,4 @@
-"""The `alexc bench` command (registered on the app in alexc/cli.py).
-
-Errors are raised as AlexcError; the CLI's main() prints them as one line and exits 1.
-"""
+"""`alexc bench`: the executors side by side, the data pipeline, and training over MPI ranks."""
 
 from __future__ import annotations
 
@@ -17,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..errors import AlexcError
+from .app import GraphPath, app
 
 progress_console = Console(stderr=True)
 
@@ -221,8 +219,9 @@ def check_bench_fits(graph, modes: Sequence[str], sizes: Sequence[int]) -> None:
         check_fits(need, b, f"alexc bench {graph.name}")
 
 
+@app.command()
 def bench(
-    graph: Annotated[Path, typer.Argument(help="graph file (YAML), e.g. graphs/alexnet.yaml")],
+    graph: GraphPath,
     batch_sizes: Annotated[
         str, typer.Option("--batch-sizes", "-b", help="comma-separated batch sizes")
     ] = "1,16,64",
@@ -357,7 +356,7 @@ def bench(
 
 
 def _distributed(graph, counts, transports, scaling, sizes, threads, repeats, warmup) -> None:
-    """`alexc bench --ranks/--scaling`: the tables of alexc.bench_mpi, on stdout."""
+    """`alexc bench --ranks/--scaling`: the tables of alexc.bench.mpi, on stdout."""
     from ..bench.machine import machine_info
     from ..bench.mpi import RANK_COUNTS, layer_times, measure_ranks, predict_scaling, scaling_limits
     from ..serial.frontend import load_graph

@@ -14,10 +14,17 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 from alexc.errors import DataError
-from alexc.training.distributed import batch_share
 
 from .augment import DRAWS, Augment, gather_crops, resize_short_side, sample_uniforms
 from .sources import ArraySource, Source
+
+
+def batch_share(n: int, rank: int, ranks: int) -> slice:
+    """The rows of an n-row batch that process `rank` of `ranks` takes: consecutive, and as
+    even as n allows (the first n % ranks processes take one row more)."""
+    base, extra = divmod(n, ranks)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))
 
 
 class Loader:

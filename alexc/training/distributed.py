@@ -1,8 +1,9 @@
 """Data parallelism over MPI (mpi4py): one process per rank, many processes and machines.
 
-Every rank holds the whole model and takes its share of each global batch (`batch_share`:
-consecutive rows, as even as the batch allows). Its gradients are those of (its rows / the
-global batch) times its mean loss, so their sum over ranks is the global batch's mean gradient:
+Every rank holds the whole model and takes its share of each global batch
+(`alexc.data.loader.batch_share`: consecutive rows, as even as the batch allows). Its gradients
+are those of (its rows / the global batch) times its mean loss, so their sum over ranks is the
+global batch's mean gradient:
 `GradientAverager` sums them in place by MPI allreduce, bucket by bucket, on a helper thread
 while the backward pass goes on. Every rank then applies the same SGD update to the same sum,
 so the parameters stay bitwise identical (checked by a checksum every epoch).
@@ -42,14 +43,6 @@ _SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
 class RanksDisagree(AlexcError):
     """The ranks of one run found they differ (settings, parameters): every rank raises it,
     so only rank 0 reports it."""
-
-
-def batch_share(n: int, rank: int, ranks: int) -> slice:
-    """The rows of an n-row batch that process `rank` of `ranks` takes: consecutive, and as
-    even as n allows (the first n % ranks processes take one row more)."""
-    base, extra = divmod(n, ranks)
-    start = rank * base + min(rank, extra)
-    return slice(start, start + base + (rank < extra))
 
 
 def launched_size() -> int:

@@ -23,13 +23,14 @@ from pathlib import Path
 import numpy as np
 from alexc_runtime.sample_rng import SampleRng
 
+from ..data.loader import batch_share
 from ..errors import AlexcError, CheckpointError
 from ..files import os_reason
 from ..ir import Graph, init_param
 from ..ir.graph import check_params, with_classes
 from ..passes.compile import compile
 from .checkpoint import read_checkpoint, save_checkpoint
-from .distributed import Single, batch_share, process_ranks
+from .distributed import Single, process_ranks
 from .evaluate import evaluate, topk_correct
 from .memory import check_fits
 from .metrics import MetricsLog, NoLog

@@ -142,17 +142,6 @@ def document(mini):
     )
 
 
-@pytest.fixture
-def bench_cli(run_cli):
-    """The CLI with `bench` registered (alexc/cli.py registers it; tests must not depend on it)."""
-    from alexc.cli.app import app
-    from alexc.cli.bench import bench
-
-    if not any(c.callback is bench for c in app.registered_commands):
-        app.command("bench")(bench)
-    return run_cli
-
-
 def test_document_is_json_with_the_machine_described(document):
     assert json.loads(json.dumps(document)) == document
     machine = document["machine"]
@@ -402,11 +391,11 @@ def test_torch_gradients_match_the_numpy_executor(mini):
         assert np.abs(t - g).max() <= 1e-4 * np.abs(g).max(), name
 
 
-def test_cli_writes_json_and_prints_a_table(bench_cli, tmp_path):
+def test_cli_writes_json_and_prints_a_table(run_cli, tmp_path):
     graph = tmp_path / "tiny.yaml"
     graph.write_text(TINY)
     out = tmp_path / "bench.json"
-    code, stdout, stderr = bench_cli(
+    code, stdout, stderr = run_cli(
         "bench", graph, "-b", "1,4", "-e", "numpy,onnxruntime", "-r", "2", "-t", "1",
         "--json", out,
     )  # fmt: skip
@@ -430,14 +419,14 @@ def test_cli_writes_json_and_prints_a_table(bench_cli, tmp_path):
     }
 
 
-def test_cli_markdown_profile_and_no_data_installed(bench_cli, tmp_path, monkeypatch):
+def test_cli_markdown_profile_and_no_data_installed(run_cli, tmp_path, monkeypatch):
     """--data without the data set: a note, the other rows, exit 0."""
     import alexc.data.sources
 
     monkeypatch.setattr(alexc.data.sources, "FASHION_MNIST_DIR", tmp_path / "fashion-mnist")
     graph = tmp_path / "tiny.yaml"
     graph.write_text(TINY)
-    code, stdout, stderr = bench_cli(
+    code, stdout, stderr = run_cli(
         "bench", graph, "-b", "2", "-e", "numpy", "--modes", "train", "-r", "1", "-t", "1",
         "--markdown", "--profile", "--data",
     )  # fmt: skip
@@ -458,10 +447,10 @@ def test_cli_markdown_profile_and_no_data_installed(bench_cli, tmp_path, monkeyp
         (["--modes", "eval"], "--modes: unknown name 'eval'"),
     ],
 )
-def test_cli_refuses_bad_options_in_one_line(bench_cli, tmp_path, args, message):
+def test_cli_refuses_bad_options_in_one_line(run_cli, tmp_path, args, message):
     graph = tmp_path / "tiny.yaml"
     graph.write_text(TINY)
-    code, stdout, stderr = bench_cli("bench", graph, *args)
+    code, stdout, stderr = run_cli("bench", graph, *args)
     assert code == 1
     assert message in stderr
     assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
@@ -510,9 +499,9 @@ def test_missing_data_set_is_a_note_and_the_rows_stay(tmp_path):
     assert note["reason"].startswith(f"not measured: {missing} does not exist")
 
 
-def test_cli_data_uses_the_train_row_of_the_same_run(bench_cli, images, tmp_path):
+def test_cli_data_uses_the_train_row_of_the_same_run(run_cli, images, tmp_path):
     out = tmp_path / "bench.json"
-    code, stdout, stderr = bench_cli(
+    code, stdout, stderr = run_cli(
         "bench", GRAPHS / "alexnet-mini.yaml", "-b", "4", "-e", "numpy", "--modes", "train",
         "-r", "2", "-t", "1", "--data", "--data-source", images, "--workers", "1", "--json", out,
     )  # fmt: skip

@@ -580,7 +580,7 @@ def test_weightless_models_import_with_random_weights():
 
 
 def cli():
-    from alexc.cli.import_onnx import import_cmd
+    from alexc.cli.onnx import import_cmd
 
     app = typer.Typer()
     app.command("import")(import_cmd)

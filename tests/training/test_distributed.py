@@ -16,9 +16,10 @@ import pytest
 from alexc_runtime.sample_rng import SampleRng
 
 import alexc
+from alexc.data.loader import batch_share
 from alexc.passes.compile import compile
 from alexc.training.checkpoint import read_checkpoint
-from alexc.training.distributed import batch_share, launch_command
+from alexc.training.distributed import launch_command
 from tests.helpers import GRAPHS, ROOT
 
 TINY = """\
@@ -283,7 +284,7 @@ import sys
 import time
 
 import alexc.training.distributed as distributed
-from alexc.cli.app import main
+from alexc.cli import main
 from alexc.errors import AlexcError
 
 finish = distributed.GradientAverager.finish

@@ -728,7 +728,7 @@ def test_eval_with_onnxruntime_and_check_of_an_exported_file(tiny, folder, tmp_p
 
 
 def test_the_onnxruntime_executor_runs_the_decomposed_lrn_form(tiny):
-    from alexc.cli.app import ExecutorChoice, _predictor
+    from alexc.cli.predict import ExecutorChoice, _predictor
 
     graph, _ = tiny
     predictor = _predictor(graph, graph.init_params(0), ExecutorChoice.onnxruntime, 1, 2)
