@@ -208,7 +208,7 @@ class TorchProgram:
 
     def loss(self, params, x, labels):
         """The graph's own loss node in training mode, else the mean cross-entropy of the
-        logits the NumPy executor trains (alexc.lower.logits_of)."""
+        logits the NumPy executor trains (alexc.passes.lower.logits_of)."""
         values = self.values(params, x, train=True, labels=labels)
         if self.loss_node is not None:
             return values[self.loss_node.name]

@@ -4,6 +4,9 @@ import sys
 
 import pytest
 
+import alexc
+from tests.helpers import TINY_TRAINABLE, color_folder
+
 
 @pytest.fixture
 def run_cli(capsys, monkeypatch):
@@ -21,3 +24,17 @@ def run_cli(capsys, monkeypatch):
         return code, out, err
 
     return run
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """(graph, path) of TINY_TRAINABLE, written to a graph file."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_TRAINABLE)
+    return alexc.load_graph(path), path
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """An image folder of three color classes (tests.helpers.color_folder)."""
+    return color_folder(tmp_path / "images")

@@ -2,8 +2,8 @@
 a model of scaling to more ranks and machines from measured per-layer times.
 
 Measured (`measure_ranks`): each configuration is a fresh job of N ranks x T threads (through
-`alexc.distributed.launch_command`) that times training steps on random images at the global
-batch: images/s, the time the helper thread spent in allreduce per step, and the share of it
+`alexc.training.distributed.launch_command`) that times training steps on random images at the
+global batch: images/s, the time the helper thread spent in allreduce per step, and the share of it
 hidden behind backward (1 - the time the step then waited for it / that time). Each
 N-rank row is paired with 1 rank x N*T threads, the same cores used as threads.
 

@@ -87,7 +87,7 @@ class Param:
 class Graph:
     """A verified network: nodes in topological order with every shape inferred.
 
-    Build one with `alexc.graph.build_graph` (or `alexc.load_graph` from YAML)."""
+    Build one with `alexc.ir.graph.build_graph` (or `alexc.load_graph` from YAML)."""
 
     name: str
     inputs: tuple[Input, ...]

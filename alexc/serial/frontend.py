@@ -10,8 +10,8 @@ A graph file:
       - {name: relu1, op: relu}                             # reads the previous node
       - {name: fc, op: linear, units: 10, inputs: [relu1]}  # or names its inputs
     outputs: [fc]                                           # optional: default the last node
-    train: {...}                                            # optional recipe, see alexc/train.py
-    data: {...}                                             # optional preprocessing, see data.py
+    train: {...}                                            # optional recipe: training/recipe.py
+    data: {...}                                             # optional preprocessing: data/
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Writing a Graph as a graph file: the inverse of the YAML frontend (`alexc.frontend`).
+"""Writing a Graph as a graph file: the inverse of the YAML frontend (`alexc.serial.frontend`).
 
 `parse_graph(graph_to_yaml(g))` rebuilds the same graph: the same nodes, attributes, inputs,
 outputs, parameter initialisation, classes and recipe sections. The text reads like the

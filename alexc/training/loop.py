@@ -251,23 +251,7 @@ class _Run:
         )
         check_fits(training_need(graph, workers), recipe.batch_size, f"alexc train {graph.name}")
 
-        state = RunState()
-        momentum = None
-        if resumed is not None:
-            loaded, momentum, meta = resumed
-            if meta.get("graph") != graph.fingerprint():
-                raise CheckpointError(
-                    f"{resume}: was written for another graph (or other classes); "
-                    "resume needs the same graph file and data"
-                )
-            params = check_params(loaded, graph, str(resume))
-            state = RunState(**meta["state"])
-            say(
-                f"resuming from {resume}: epoch {state.epoch + 1}, batch {state.batch}, "
-                f"step {state.step}"
-            )
-        else:
-            params = initial_params(graph, seed, init_weights, say)
+        state, params, momentum = _starting_point(graph, resume, resumed, seed, init_weights, say)
 
         self.graph, self.data, self.out, self.recipe = graph, data, out, recipe
         self.seed, self.workers, self.limit_batches = seed, workers, limit_batches
@@ -501,6 +485,23 @@ class _Run:
         self.executor.close()
         if self.averager is not None:
             self.averager.close()
+
+
+def _starting_point(graph, resume, resumed, seed, init_weights, say):
+    """(RunState, parameters, momentum buffers or None): a resumed run's, checked against the
+    graph, or a fresh (or fine-tuned) start's."""
+    if resumed is None:
+        return RunState(), initial_params(graph, seed, init_weights, say), None
+    loaded, momentum, meta = resumed
+    if meta.get("graph") != graph.fingerprint():
+        raise CheckpointError(
+            f"{resume}: was written for another graph (or other classes); "
+            "resume needs the same graph file and data"
+        )
+    params = check_params(loaded, graph, str(resume))
+    state = RunState(**meta["state"])
+    say(f"resuming from {resume}: epoch {state.epoch + 1}, batch {state.batch}, step {state.step}")
+    return state, params, momentum
 
 
 def rank_step(executor, params, x, y, seed: int, step: int, batch_size: int, ranks, averager):
