@@ -5,11 +5,11 @@ __version__ = "0.1.0"
 # First, before anything loads NumPy: the runtime sets OpenBLAS's thread spin time.
 import alexc_runtime  # noqa: F401, I001
 
-from .passes.compile import Executor, compile
 from .errors import AlexcError, CheckpointError, DataError, GraphError
-from .serial.frontend import load_graph, parse_graph
-from .ir.graph import build_graph, verify
 from .ir import Graph, Input, Node, Op, Param
+from .ir.graph import build_graph, verify
+from .passes.compile import Executor, compile
+from .serial.frontend import load_graph, parse_graph
 
 
 def __getattr__(name):
