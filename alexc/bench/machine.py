@@ -87,6 +87,3 @@ def machine_info(threads: int, sgemm_repeats: int = 5) -> dict:
         "blas": blas[0] if blas else None,
         **sgemm_peak(threads, sgemm_repeats),
     }
-
-
-# --- memory ---------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ DATA_IMAGES = 512  # the least images one timed repeat of the data pipeline take
 DATA_TARGET = 2.0  # the pipeline should deliver at least this many times the step's images/s
 # The training step's optimizer, as the paper's recipe sets it (lr only affects the numbers).
 LR, MOMENTUM, WEIGHT_DECAY = 1e-3, 0.9, 5e-4
+
 CONVENTIONS = {
     "latency_ms": "wall time of one call on the whole batch, after warm-up calls",
     "images_per_s": "batch_size / median latency (min/max from the max/min latency)",

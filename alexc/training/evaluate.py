@@ -25,7 +25,7 @@ def evaluate(
     loader,
     crops: int = 1,
     limit_batches: int | None = None,
-    ranks: Single = Single(),
+    ranks: Single | None = None,
     confusion: bool = False,
 ) -> dict:
     """Top-1, top-5 and mean loss of a predictor (either executor's `.predict(x)`) over every
@@ -35,6 +35,7 @@ def evaluate(
 
     With `crops` > 1 the loader yields that many crops per image, in consecutive rows, and
     the prediction is the mean of their softmax (the paper's 10-crop evaluation)."""
+    ranks = ranks or Single()
     n = correct1 = correct5 = 0
     loss_sum = 0.0
     counts = None
