@@ -299,7 +299,7 @@ class _Bench:
 
     def onnx_model(self, form: str) -> bytes:
         if form not in self._onnx:
-            from .onnx_export import export_onnx
+            from .serial.onnx_export import export_onnx
 
             model = export_onnx(self.graph, self.params, lrn=form)
             self._onnx[form] = model.SerializeToString()

@@ -91,7 +91,7 @@ def check(
     onnxruntime runs `model` (an ONNX file or its bytes, e.g. what `alexc export` wrote) when
     given, else a fresh export of `graph` and `params`."""
     from .compile import compile
-    from .onnx_export import DEFAULT_OPSET, export_onnx
+    from .serial.onnx_export import DEFAULT_OPSET, export_onnx
 
     losses = [n.name for n in graph.nodes if RULES[n.op].loss and n.name in graph.outputs]
     if losses:

@@ -54,7 +54,7 @@ def import_cmd(
     file and a weights file, to inspect, fine-tune and run with alexc."""
     from .checkpoint import save_checkpoint
     from .graph_yaml import write_graph
-    from .onnx_import import import_onnx
+    from .serial.onnx_import import import_onnx
 
     graph, params = import_onnx(
         model,

@@ -61,7 +61,7 @@ def export(
     lrn: Lrn = LrnForm.node,
 ):
     """Export a graph and its weights as an ONNX inference model."""
-    from .onnx_export import export_onnx
+    from .serial.onnx_export import export_onnx
 
     if weights is not None and seed is not None:
         raise AlexcError("give --weights or --seed, not both")

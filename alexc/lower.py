@@ -19,11 +19,9 @@ from alexc_runtime.plan import Plan, Slot, Step
 
 from .errors import GraphError
 from .graph import rebuild
-from .ir import Graph, Node, Op
+from .ir import LABELS, LOSS, Graph, Node, Op
 from .ops import RULES
 
-LABELS = "labels"
-LOSS = "loss"
 ALIGN = 64
 
 

@@ -25,7 +25,7 @@ from alexc.checkpoint import save_checkpoint
 from alexc.errors import AlexcError
 from alexc.graph import build_graph, with_classes, with_input_shape
 from alexc.ir import Input, Node, Op
-from alexc.onnx_export import EXPORT, IR_VERSIONS, export_onnx
+from alexc.serial.onnx_export import EXPORT, IR_VERSIONS, export_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAPHS = ROOT / "graphs"

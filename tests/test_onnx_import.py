@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 import alexc
 from alexc.errors import AlexcError
 from alexc.graph_yaml import graph_to_yaml, write_graph
-from alexc.onnx_export import export_onnx
-from alexc.onnx_import import (
+from alexc.serial.onnx_export import export_onnx
+from alexc.serial.onnx_import import (
     SUPPORTED_OPS,
     UnsupportedModel,
     convert_onnx,
