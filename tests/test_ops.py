@@ -4,7 +4,9 @@ the op's own ONNX export (an independent implementation of the same spec)."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -13,11 +15,14 @@ from alexc_runtime import geometry
 from alexc_runtime.kernels import KERNELS, KernelContext
 
 from alexc.errors import GraphError
+from alexc.frontend import load_graph
 from alexc.graph import build_graph
 from alexc.ir import Input, Node, Op
-from alexc.lower import FUSES_RELU
+from alexc.lower import FUSES_RELU, lower
 from alexc.ops import REGISTRY, OpDef, ShapeError, check_plan_attrs, normalise_attrs
 from alexc.serial.onnx_export import export_onnx
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # --- every op, every column -----------------------------------------------------------------
 
@@ -74,6 +79,50 @@ def test_the_fused_relu_is_a_plan_attribute_of_exactly_the_ops_lowering_fuses():
     assert check_plan_attrs(Op.CONV, {**attrs, "relu": True})["relu"] is True
     with pytest.raises(ShapeError, match="'relu' must be true or false"):
         check_plan_attrs(Op.CONV, {**attrs, "relu": 1})
+
+
+def test_every_step_of_a_fused_inference_plan_checks_against_the_schema():
+    plan = lower(load_graph(ROOT / "graphs" / "alexnet-mini.yaml"), 2, training=False)
+    fused = [s for s in plan.steps if s.attrs.get("relu")]
+    assert fused, "lowering fused no relu into the mini AlexNet's plan"
+    for step in plan.steps:
+        assert check_plan_attrs(Op(step.op), step.attrs) == dict(step.attrs)
+
+
+def test_the_registry_and_serialisation_import_only_what_the_layers_allow():
+    """alexc.ops imports only alexc.ir, alexc.errors and alexc_runtime; alexc.serial never
+    imports lowering, training, bench or the CLI."""
+    allowed = {"ops": ("alexc.ir", "alexc.errors", "alexc.ops")}
+    banned = {
+        "serial": ("alexc.lower", "alexc.passes", "alexc.compile", "alexc.train", "alexc.cli")
+    }
+    bad = []
+    for package in ("ops", "serial"):
+        for path in sorted((ROOT / "alexc" / package).rglob("*.py")):
+            parts = ["alexc", *path.relative_to(ROOT / "alexc").with_suffix("").parts]
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom):
+                    names = [_absolute(parts, node.module or "", node.level)]
+                    names += [f"{names[0]}.{a.name}" for a in node.names]
+                elif isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                else:
+                    continue
+                for name in names:
+                    if not name.startswith("alexc."):
+                        continue
+                    if package in allowed and not name.startswith(allowed[package]):
+                        bad.append(f"{path.name}: {name}")
+                    if package in banned and name.startswith(banned[package]):
+                        bad.append(f"{path.name}: {name}")
+    assert not bad
+
+
+def _absolute(parts: list[str], module: str, level: int) -> str:
+    if not level:
+        return module
+    base = parts[: len(parts) - level]  # a package's __init__ counts as a module in it
+    return ".".join([*base, module] if module else base)
 
 
 def test_a_graph_cannot_set_the_fused_relu():
