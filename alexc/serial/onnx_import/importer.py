@@ -36,7 +36,7 @@ from ...ops.onnx_common import Const, Tensor, ints, reshaped
 from .metadata import read_metadata
 from .reader import TensorReader, UnsupportedModel, attr_type, load_onnx, type_name
 
-MIN_OPSET = 6  # the oldest opset whose versions of the supported ops are handled below
+MIN_OPSET = 6  # the oldest opset whose versions of the supported ops the converters handle
 WEIGHTS = ("model", "random")
 
 
@@ -73,7 +73,10 @@ def _owner(weight: str, bias: str | None) -> str:
 
 
 class _Importer:
-    """Walks the ONNX graph once, in order, building alexc nodes and parameter readers."""
+    """Walks the ONNX graph once, in order, building alexc nodes and parameter readers.
+
+    Its public methods (tensor, const, weight, emit, fold_bias, layer_name, unsupported, ...)
+    are what the converters in the op registry (alexc.ops, column `onnx_import`) call."""
 
     def __init__(self, model: onnx.ModelProto, where: str, reader: TensorReader, opset: int):
         self.model, self.where, self.reader, self.opset = model, where, reader, opset
