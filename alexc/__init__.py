@@ -15,11 +15,11 @@ from .serial.frontend import load_graph, parse_graph
 def __getattr__(name):
     # ONNX support is imported on first use, so `import alexc` stays light.
     if name == "export_onnx":
-        from .onnx_export import export_onnx
+        from .serial.onnx_export import export_onnx
 
         return export_onnx
     if name == "import_onnx":
-        from .onnx_import import import_onnx
+        from .serial.onnx_import import import_onnx
 
         return import_onnx
     raise AttributeError(f"module 'alexc' has no attribute {name!r}")

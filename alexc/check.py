@@ -90,8 +90,8 @@ def check(
 
     onnxruntime runs `model` (an ONNX file or its bytes, e.g. what `alexc export` wrote) when
     given, else a fresh export of `graph` and `params`."""
-    from .onnx_export import DEFAULT_OPSET, export_onnx
     from .passes.compile import compile
+    from .serial.onnx_export import DEFAULT_OPSET, export_onnx
 
     losses = [n.name for n in graph.nodes if RULES[n.op].loss and n.name in graph.outputs]
     if losses:

@@ -476,7 +476,7 @@ def _onnx_seeds() -> dict[str, bytes]:
     test models of the ops alexc imports."""
     import onnx
 
-    from alexc.onnx_export import export_onnx
+    from alexc.serial.onnx_export import export_onnx
 
     graph = parse_graph(
         "input: {name: image, shape: [3, 9, 9]}\n"
@@ -646,7 +646,7 @@ def _onnx_with_metadata(key: str, value: str) -> tuple[bytes, bytes]:
 def test_fuzz_onnx_models(tmp_path_factory, model):
     import alexc
     from alexc.data import Augment
-    from alexc.onnx_import import convert_onnx
+    from alexc.serial.onnx_import import convert_onnx
 
     blob, weights = model
     folder = tmp_path_factory.mktemp("onnx")

@@ -168,7 +168,7 @@ class Bench:
 
     def onnx_model(self, form: str) -> bytes:
         if form not in self._onnx:
-            from ..onnx_export import export_onnx
+            from ..serial.onnx_export import export_onnx
 
             model = export_onnx(self.graph, self.params, lrn=form)
             self._onnx[form] = model.SerializeToString()
@@ -183,14 +183,14 @@ class Bench:
 
     def torch_program(self):
         if self._torch is None:
-            from ..bench_torch import TorchProgram, set_threads
+            from .torch_peer import TorchProgram, set_threads
 
             set_threads(self.threads)
             self._torch = TorchProgram(self.graph)
         return self._torch
 
     def _torch_row(self, row: Row, x, labels) -> _Setup:
-        from ..bench_torch import TorchTrainer
+        from .torch_peer import TorchTrainer
 
         program = self.torch_program()
         torch = program.torch
@@ -239,7 +239,7 @@ def plan_rows(
             {"executor": "onnxruntime-lrn-decomposed", "reason": f"{graph.name} has no LRN"}
         )
     if "torch" in wanted:
-        from ..bench_torch import available
+        from .torch_peer import available
 
         reason = available()
         if reason is not None:

@@ -57,7 +57,7 @@ def export(
     lrn: Lrn = LrnForm.node,
 ):
     """Export a graph and its weights as an ONNX inference model."""
-    from ..onnx_export import export_onnx
+    from ..serial.onnx_export import export_onnx
 
     if weights is not None and seed is not None:
         raise AlexcError("give --weights or --seed, not both")
@@ -170,8 +170,8 @@ def import_cmd(
 ):
     """Import an ONNX model (e.g. a torchvision export, the ONNX zoo's bvlc_alexnet) as a graph
     file and a weights file, to inspect, fine-tune and run with alexc."""
-    from ..onnx_import import import_onnx
     from ..serial.graph_yaml import write_graph
+    from ..serial.onnx_import import import_onnx
     from ..training.checkpoint import save_checkpoint
 
     graph, params = import_onnx(

@@ -26,7 +26,7 @@ def _predictor(graph, params, executor: ExecutorChoice, threads: int, batch_size
     if executor is ExecutorChoice.onnxruntime:
         from alexc_runtime.ort import OrtPredictor
 
-        from ..onnx_export import export_onnx
+        from ..serial.onnx_export import export_onnx
 
         model = export_onnx(graph, params, lrn="decomposed").SerializeToString()
         return OrtPredictor(model, threads)

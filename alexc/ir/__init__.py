@@ -5,6 +5,17 @@ This package's namespace holds the core types only: `alexc.ops` imports them, an
 imports `alexc.ops`, so `alexc.ir.graph` is imported by name, never from here.
 """
 
-from .core import INIT_KINDS, Graph, Input, Node, Op, Param, Shape, init_param
+from .core import INIT_KINDS, LABELS, LOSS, Graph, Input, Node, Op, Param, Shape, init_param
 
-__all__ = ["INIT_KINDS", "Graph", "Input", "Node", "Op", "Param", "Shape", "init_param"]
+__all__ = [
+    "INIT_KINDS",
+    "LABELS",
+    "LOSS",
+    "Graph",
+    "Input",
+    "Node",
+    "Op",
+    "Param",
+    "Shape",
+    "init_param",
+]

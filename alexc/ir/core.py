@@ -18,6 +18,11 @@ import numpy as np
 
 Shape = tuple[int, ...]
 
+# Names the trainer adds to a graph: the labels input and the loss node. Lowering uses them and
+# the ONNX importer keeps them free; defined here so that neither imports the other.
+LABELS = "labels"
+LOSS = "loss"
+
 
 class Op(str, Enum):
     CONV = "conv"

@@ -18,12 +18,10 @@ from alexc_runtime.kernels import conv as conv_kernel
 from alexc_runtime.plan import Plan, Slot, Step
 
 from ..errors import GraphError
-from ..ir import Graph, Node, Op
+from ..ir import LABELS, LOSS, Graph, Node, Op
 from ..ir.graph import rebuild
 from ..ops import RULES
 
-LABELS = "labels"
-LOSS = "loss"
 ALIGN = 64
 
 

@@ -117,7 +117,7 @@ ROW_KEYS = {
 
 
 def _torch_or_skip():
-    from alexc.bench_torch import available
+    from alexc.bench.torch_peer import available
 
     reason = available()
     if reason:
@@ -288,7 +288,7 @@ def test_timed_kernels_restores_the_table():
 
 
 def test_plan_rows_expands_onnxruntime_and_explains_what_it_leaves_out(mini, monkeypatch):
-    import alexc.bench_torch
+    import alexc.bench.torch_peer
 
     rows, notes = plan_rows(mini, ["torch", "numpy", "onnxruntime"], ["infer"], [4, 1, 4])
     executors = list(dict.fromkeys(r.executor for r in rows))
@@ -297,7 +297,7 @@ def test_plan_rows_expands_onnxruntime_and_explains_what_it_leaves_out(mini, mon
     assert [r.batch_size for r in rows if r.executor == "numpy"] == [4, 1]
 
     tiny = parse_graph(TINY)
-    monkeypatch.setattr(alexc.bench_torch, "available", lambda: "PyTorch is not installed")
+    monkeypatch.setattr(alexc.bench.torch_peer, "available", lambda: "PyTorch is not installed")
     rows, notes = plan_rows(tiny, list(EXECUTORS), ["infer", "train"], [2])
     assert rows == [
         Row("numpy", "infer", 2),
@@ -315,9 +315,9 @@ def test_plan_rows_expands_onnxruntime_and_explains_what_it_leaves_out(mini, mon
 
 
 def test_torch_rows_are_skipped_with_a_note_when_torch_is_missing(monkeypatch):
-    import alexc.bench_torch
+    import alexc.bench.torch_peer
 
-    monkeypatch.setattr(alexc.bench_torch, "available", lambda: "PyTorch is not installed")
+    monkeypatch.setattr(alexc.bench.torch_peer, "available", lambda: "PyTorch is not installed")
     doc = run_bench(
         parse_graph(TINY), batch_sizes=(2,), threads=1, executors=("torch",), sgemm_repeats=1
     )
@@ -329,7 +329,7 @@ def test_torch_rows_are_skipped_with_a_note_when_torch_is_missing(monkeypatch):
 def test_torch_lowering_matches_the_numpy_executor(graph):
     """An independent oracle for alexc's forward: torch.nn.functional on the same Graph."""
     _torch_or_skip()
-    from alexc.bench_torch import forward_numpy
+    from alexc.bench.torch_peer import forward_numpy
 
     g = load_graph(GRAPHS / f"{graph}.yaml") if graph != "edges" else parse_graph(EDGES)
     params = g.init_params(3)
@@ -340,7 +340,7 @@ def test_torch_lowering_matches_the_numpy_executor(graph):
 
 
 def test_every_op_has_a_torch_rule():
-    from alexc import bench_torch
+    from alexc.bench import torch_peer as bench_torch
 
     missing = [op.value for op in Op if op not in bench_torch.RULES]
     assert not missing, f"ops the torch lowering lacks: {missing}"
@@ -351,7 +351,7 @@ def test_every_op_lowers_to_torch_and_matches_the_numpy_executor():
     _torch_or_skip()
     import torch
 
-    from alexc.bench_torch import TorchProgram
+    from alexc.bench.torch_peer import TorchProgram
 
     g = parse_graph(EDGES)
     assert {n.op for n in g.nodes} == set(Op)
@@ -374,7 +374,7 @@ def test_torch_gradients_match_the_numpy_executor(mini):
     _torch_or_skip()
     import torch
 
-    from alexc.bench_torch import TorchProgram
+    from alexc.bench.torch_peer import TorchProgram
 
     params = mini.init_params(5)
     x = np.random.default_rng(2).standard_normal((4, *mini.input.shape), dtype=np.float32)

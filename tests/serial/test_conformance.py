@@ -27,7 +27,7 @@ import pytest
 from onnx import numpy_helper
 
 import alexc
-from alexc.onnx_import import SUPPORTED_OPS, UnsupportedModel, convert_onnx
+from alexc.serial.onnx_import import SUPPORTED_OPS, UnsupportedModel, convert_onnx
 
 DATA = Path(onnx.__file__).parent / "backend" / "test" / "data"
 PYTORCH_CONVERTED = DATA / "pytorch-converted"

@@ -24,7 +24,7 @@ from alexc.check import CheckRow, check, compare
 from alexc.errors import AlexcError
 from alexc.ir import Input, Node, Op
 from alexc.ir.graph import build_graph, with_classes, with_input_shape
-from alexc.onnx_export import EXPORT, IR_VERSIONS, export_onnx
+from alexc.serial.onnx_export import EXPORT, IR_VERSIONS, export_onnx
 from alexc.training.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]

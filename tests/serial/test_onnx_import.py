@@ -19,14 +19,14 @@ from typer.testing import CliRunner
 
 import alexc
 from alexc.errors import AlexcError
-from alexc.onnx_export import export_onnx
-from alexc.onnx_import import (
+from alexc.serial.graph_yaml import graph_to_yaml, write_graph
+from alexc.serial.onnx_export import export_onnx
+from alexc.serial.onnx_import import (
     SUPPORTED_OPS,
     UnsupportedModel,
     convert_onnx,
     import_onnx,
 )
-from alexc.serial.graph_yaml import graph_to_yaml, write_graph
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAPHS = ROOT / "graphs"

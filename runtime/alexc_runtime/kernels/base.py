@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from alexc_runtime.geometry import window_out
 from alexc_runtime.threads import ShardPool
 
 
@@ -67,16 +68,7 @@ def shard_blocks(
 
 def pooled_size(size: int, kernel: int, stride: int, pad0: int, pad1: int, ceil_mode: bool) -> int:
     """Output length of a pooling window sweep (the PyTorch/ONNX rule, ceil or floor)."""
-    span = size + pad0 + pad1 - kernel
-    if span < 0:
-        raise ValueError(f"pooling window {kernel} larger than padded input {size + pad0 + pad1}")
-    if not ceil_mode:
-        return span // stride + 1
-    out = -(-span // stride) + 1
-    # A last window that would start in the trailing padding (or beyond) is dropped.
-    if (out - 1) * stride >= size + pad0:
-        out -= 1
-    return out
+    return window_out(size, kernel, stride, pad0, pad1, ceil_mode=ceil_mode)
 
 
 def padded_block(

@@ -38,6 +38,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from alexc_runtime.blas import gemm
+from alexc_runtime.geometry import window_out
 from alexc_runtime.kernels.base import KernelContext, shard
 
 # Bytes of the flat input or output per block of samples (tuning knobs). Forward GEMMs accumulate
@@ -112,10 +113,11 @@ def _geometry(x_shape: tuple, w_shape: tuple, attrs: Mapping) -> _Geometry:
             f"groups={groups}, kernel={(kh, kw)}"
         )
     ekh, ekw = (kh - 1) * dh + 1, (kw - 1) * dw + 1  # dilated extent
-    oh = (h + top + bottom - ekh) // sh + 1
-    ow = (width + left + right - ekw) // sw + 1
-    if oh < 1 or ow < 1:
-        raise ValueError(f"conv output would be empty for input {x_shape} and attrs {attrs}")
+    try:
+        oh = window_out(h, kh, sh, top, bottom, dh)
+        ow = window_out(width, kw, sw, left, right, dw)
+    except ValueError:
+        raise ValueError(f"conv output is empty for input {x_shape} and attrs {attrs}") from None
     if sh == 1 and sw == 1:
         ci, hi, wi, khi, kwi, dhi, dwi = c, h, width, kh, kw, dh, dw
         t, l, b, r = top, left, bottom, right

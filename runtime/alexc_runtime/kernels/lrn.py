@@ -17,16 +17,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from alexc_runtime.geometry import lrn_coefficient
 from alexc_runtime.kernels.base import KernelContext, shard_blocks
 
 
 def _coefficient(attrs: Mapping) -> float:
-    alpha, size = float(attrs["alpha"]), attrs["size"]
-    if attrs["convention"] == "paper":
-        return alpha
-    if attrs["convention"] == "onnx":
-        return alpha / size
-    raise ValueError(f"unknown LRN convention {attrs['convention']!r}; expected 'paper' or 'onnx'")
+    return lrn_coefficient(attrs["alpha"], attrs["size"], attrs["convention"])
 
 
 def _window_sum(v: np.ndarray, half: int, out: np.ndarray) -> None:

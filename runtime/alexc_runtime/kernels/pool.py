@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from alexc_runtime.geometry import adaptive_bins
 from alexc_runtime.kernels.base import (
     KernelContext,
     padded_block,
@@ -224,7 +225,7 @@ def avgpool_backward(
 
 def _bins(size: int, out: int) -> list[tuple[int, int]]:
     """Bin i covers [floor(i*size/out), ceil((i+1)*size/out)): bins may overlap when uneven."""
-    return [((i * size) // out, -(-(i + 1) * size // out)) for i in range(out)]
+    return adaptive_bins(size, out)
 
 
 def adaptive_avgpool_forward(

@@ -1,12 +1,9 @@
 """PyTorch as a peer: a Graph lowered to torch.nn.functional calls, for `alexc bench`.
 
 PyTorch is never a dependency: this module imports it only when called, and `available()` says
-whether it can. The lowering is one rule per op (`RULES`, keyed like `alexc.ops.RULES`); each rule
-gets the node, its input tensors and the parameters, and returns the node's output tensor.
-
-Where torch's functional ops cannot express an attribute directly (asymmetric padding, padding
-wider than half the window), the rule pads explicitly with `F.pad` and crops the result to the
-shape alexc's shape inference gives, so both agree on which windows exist.
+whether it can. The lowering is one rule per op, the `torch` column of the op's registry entry
+(alexc.ops; collected here as `RULES`); each rule gets a `_Call` (the node, the torch modules,
+the parameters) and the node's input tensors, and returns the node's output tensor.
 """
 
 from __future__ import annotations
@@ -16,9 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import AlexcError
-from .ir import Graph, Node, Op
-from .passes.lower import declared_loss, logits_of
+from ..errors import AlexcError
+from ..ir import Graph, Node, Op
+from ..ops import REGISTRY
+from ..passes.lower import declared_loss, logits_of
 
 
 def available() -> str | None:
@@ -65,111 +63,8 @@ class _Call:
         return self.params.get(f"{self.node.name}.{suffix}")
 
 
-def _crop(c: _Call, y):
-    """Keep the windows alexc keeps (explicit padding can add a trailing ceil_mode window)."""
-    _, oh, ow = c.shape
-    return y[:, :, :oh, :ow]
-
-
-def _symmetric(pad, kernel) -> tuple[int, int] | None:
-    """(ph, pw) when torch's own padding argument can express `pad`, else None."""
-    top, left, bottom, right = pad
-    kh, kw = kernel
-    if top == bottom and left == right and 2 * top <= kh and 2 * left <= kw:
-        return top, left
-    return None
-
-
-def _conv(c: _Call, x):
-    a = c.attrs
-    top, left, bottom, right = a["pad"]
-    if top == bottom and left == right:
-        padding = (top, left)
-    else:
-        x = c.F.pad(x, (left, right, top, bottom))
-        padding = (0, 0)
-    return c.F.conv2d(
-        x,
-        c.param("weight"),
-        c.param("bias"),
-        stride=a["stride"],
-        padding=padding,
-        dilation=a["dilation"],
-        groups=a["groups"],
-    )
-
-
-def _lrn(c: _Call, x):
-    a = c.attrs
-    # torch divides alpha by size (the ONNX/Caffe convention); the paper's alpha does not.
-    alpha = a["alpha"] * a["size"] if a["convention"] == "paper" else a["alpha"]
-    return c.F.local_response_norm(x, a["size"], alpha=alpha, beta=a["beta"], k=a["bias"])
-
-
-def _maxpool(c: _Call, x):
-    a = c.attrs
-    padding = _symmetric(a["pad"], a["kernel"])
-    if padding is not None:
-        return c.F.max_pool2d(
-            x, a["kernel"], a["stride"], padding=padding, ceil_mode=a["ceil_mode"]
-        )
-    top, left, bottom, right = a["pad"]
-    x = c.F.pad(x, (left, right, top, bottom), value=-float("inf"))
-    return _crop(c, c.F.max_pool2d(x, a["kernel"], a["stride"], ceil_mode=a["ceil_mode"]))
-
-
-def _avgpool(c: _Call, x):
-    a = c.attrs
-    padding = _symmetric(a["pad"], a["kernel"])
-    if padding is not None:
-        return c.F.avg_pool2d(
-            x,
-            a["kernel"],
-            a["stride"],
-            padding=padding,
-            ceil_mode=a["ceil_mode"],
-            count_include_pad=a["count_include_pad"],
-        )
-    # Window sums over the explicitly padded input, divided by how many counted positions each
-    # window covers (real ones only, or real and padding): alexc's divisor, ceil_mode included.
-    top, left, bottom, right = a["pad"]
-    sides = (left, right, top, bottom)
-    ones = c.torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype)
-    counted = c.F.pad(ones, sides, value=1.0 if a["count_include_pad"] else 0.0)
-
-    def window_sums(t):
-        return c.F.avg_pool2d(
-            t, a["kernel"], a["stride"], ceil_mode=a["ceil_mode"], divisor_override=1
-        )
-
-    return _crop(c, window_sums(c.F.pad(x, sides)) / window_sums(counted))
-
-
-def _flatten(c: _Call, x):
-    # alexc's axis counts the batch, as torch's start_dim does.
-    return c.torch.flatten(x, start_dim=c.attrs["axis"])
-
-
-def _loss(c: _Call, x):
-    return c.F.cross_entropy(x, c.labels, label_smoothing=c.attrs["label_smoothing"])
-
-
-RULES: dict[Op, Callable] = {
-    Op.CONV: lambda c, x: _conv(c, x[0]),
-    Op.RELU: lambda c, x: c.F.relu(x[0]),
-    Op.LRN: lambda c, x: _lrn(c, x[0]),
-    Op.MAXPOOL: lambda c, x: _maxpool(c, x[0]),
-    Op.AVGPOOL: lambda c, x: _avgpool(c, x[0]),
-    Op.ADAPTIVE_AVGPOOL: lambda c, x: c.F.adaptive_avg_pool2d(x[0], c.attrs["output"]),
-    Op.FLATTEN: lambda c, x: _flatten(c, x[0]),
-    Op.DROPOUT: lambda c, x: c.F.dropout(x[0], c.attrs["rate"], training=c.train),
-    Op.LINEAR: lambda c, x: c.F.linear(x[0], c.param("weight"), c.param("bias")),
-    Op.SOFTMAX_CROSS_ENTROPY: lambda c, x: _loss(c, x[0]),
-    Op.SOFTMAX: lambda c, x: c.F.softmax(x[0], dim=c.attrs["axis"]),
-    Op.LOG_SOFTMAX: lambda c, x: c.F.log_softmax(x[0], dim=c.attrs["axis"]),
-    Op.CONCAT: lambda c, x: c.torch.cat(x, dim=c.attrs["axis"]),
-    Op.ADD: lambda c, x: x[0] + x[1],
-}
+# Each op's lowering lives in its registry entry (alexc.ops, column `torch`): `rule(call, xs)`.
+RULES: dict[Op, Callable] = {op: entry.torch for op, entry in REGISTRY.items()}
 
 
 class TorchProgram:
