@@ -150,7 +150,9 @@ def evaluate(
     ranks = process_ranks()
     loader = Loader(source, augment, batch_size=batch_size, train=False, seed=0, part=ranks.part)
     with loader:
-        result = run_eval(predictor, loader, crops=crops, ranks=ranks, confusion=True)
+        result = run_eval(
+            predictor, loader, crops=crops, ranks=ranks, confusion=True, classes=len(source.classes)
+        )
     result["executor"] = predictor.name
     result["classes"] = list(source.classes)
     if not ranks.lead:

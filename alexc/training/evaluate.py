@@ -27,18 +27,20 @@ def evaluate(
     limit_batches: int | None = None,
     ranks: Single | None = None,
     confusion: bool = False,
+    classes: int | None = None,
 ) -> dict:
     """Top-1, top-5 and mean loss of a predictor (either executor's `.predict(x)`) over every
     batch of `loader` (under MPI: of every rank's share of them, the counts summed); with
     `confusion`, also the counts of (true class, top-1 class) pairs as a nested list under
-    "confusion" (rows: true class).
+    "confusion" (rows: true class). Under MPI pass `classes`, the class count: the counts are
+    summed over ranks, so a rank that sees no image must still know their size.
 
     With `crops` > 1 the loader yields that many crops per image, in consecutive rows, and
     the prediction is the mean of their softmax (the paper's 10-crop evaluation)."""
     ranks = ranks or Single()
     n = correct1 = correct5 = 0
     loss_sum = 0.0
-    counts = None
+    counts = np.zeros((classes, classes), np.int64) if confusion and classes else None
     for i, (x, y) in enumerate(loader):
         if limit_batches is not None and i >= limit_batches:
             break

@@ -19,7 +19,7 @@ import alexc
 from alexc.data.loader import batch_share
 from alexc.passes.compile import compile
 from alexc.training.checkpoint import read_checkpoint
-from alexc.training.distributed import launch_command
+from alexc.training.distributed import Single, launch_command
 from tests.helpers import GRAPHS, ROOT
 
 TINY = """\
@@ -473,3 +473,36 @@ def test_bench_ranks_and_scaling_tables(mpi, tiny):
     for row in ("2 x 1", "1 x 2", "10 Gbit/s, data parallel", "100 Gbit/s, hybrid"):
         assert row in done.stdout, done.stdout
     assert "10 Gbit/s, hybrid: images/s peak at" in done.stdout
+
+
+class _RecordingRanks(Single):
+    """One process that records the collective sums it is asked for: every rank must make the
+    same calls with the same sizes, or MPI's allreduce waits forever."""
+
+    def __init__(self):
+        self.sums = []
+
+    def sum(self, values):
+        values = np.asarray(values, np.float64)
+        self.sums.append(values.shape)
+        return values
+
+
+class _Uniform:
+    def __init__(self, classes):
+        self.classes = classes
+
+    def predict(self, x):
+        return np.zeros((len(x), self.classes), np.float32)
+
+
+def test_eval_makes_the_same_collective_calls_on_a_rank_that_sees_no_image():
+    from alexc.training.evaluate import evaluate
+
+    images = [(np.zeros((4, 1, 2, 2), np.float32), np.array([0, 1, 2, 1]))]
+    busy, idle = _RecordingRanks(), _RecordingRanks()
+    result = evaluate(_Uniform(3), images, ranks=busy, confusion=True, classes=3)
+    with pytest.raises(alexc.AlexcError, match="empty"):  # one rank alone: nothing summed in
+        evaluate(_Uniform(3), [], ranks=idle, confusion=True, classes=3)
+    assert idle.sums == busy.sums
+    assert np.array(result["confusion"]).sum() == 4
