@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import CheckpointError, GraphError, is_number
 from ..ops import MAX_ELEMENTS, RULES, ShapeError, normalise_attrs
-from .core import INIT_KINDS, Graph, Input, Node, Op, Param, Shape
+from .core import INIT_KINDS, LABELS, LOSS, Graph, Input, Node, Op, Param, Shape
 
 # Parameters a node gets when its graph file says nothing: PyTorch's default initialisation.
 DEFAULT_INIT = {"weight": {"fan_in_uniform": 1.0}, "bias": {"fan_in_uniform": 1.0}}
@@ -118,10 +118,20 @@ def build_graph(
             raise err(f"input '{i.name}' needs a shape of positive integers, got {list(i.shape)}")
         if math.prod(i.shape) > MAX_ELEMENTS:
             raise err(f"input '{i.name}' shape {list(i.shape)} is absurdly large")
+        if i.name in (LABELS, LOSS):
+            raise err(f"input name '{i.name}' is reserved for training; rename the input")
     seen = set(input_names)
     for n in nodes:
         if n.name in seen:
             raise err(f"duplicate name '{n.name}': every node needs its own name", n.name)
+        # Training appends its loss node `loss`, fed the class indices `labels`; a declared
+        # loss node may be called `loss` (training takes it over under that name).
+        if n.name == LABELS or (n.name == LOSS and not RULES[n.op].loss):
+            raise err(
+                f"node name '{n.name}' is reserved for the training loss and its labels; "
+                "rename the node",
+                n.name,
+            )
         seen.add(n.name)
 
     for suffix, spec in (default_init or {}).items():

@@ -219,6 +219,13 @@ nodes:
         "a",
     ),
     "duplicate": (TINY.replace("name: relu1", "name: conv1"), "duplicate name 'conv1'", "conv1"),
+    "reserved_loss": (TINY.replace("name: fc", "name: loss"), "'loss' is reserved", "loss"),
+    "reserved_labels": (
+        TINY.replace("name: relu1", "name: labels"),
+        "'labels' is reserved",
+        "labels",
+    ),
+    "reserved_input": (TINY.replace("name: image", "name: labels"), "input name 'labels'", None),
     "non_positive": (TINY.replace("filters: 4", "filters: 0"), "'filters' must be >= 1", "conv1"),
     "negative_input": (TINY.replace("[1, 8, 8]", "[1, -8, 8]"), "positive integers", None),
     "absurd": (TINY.replace("units: 3", "units: 100000000000"), "absurdly large", "fc"),
