@@ -14,8 +14,9 @@ Conventions (also written into the JSON, under "conventions"):
 - the machine's sgemm peak is NumPy float32 matmul on AlexNet-shaped GEMMs with the same thread
   count: the median GFLOP/s of each shape over its repeats, and the best shape is the peak;
 - peak memory (MB = 10^6 bytes) is what the row needs beyond its input batch, parameters
-  included. NumPy rows: the parameters (and the momentum buffers when training) plus tracemalloc's
-  peak during one call (NumPy reports its allocations to tracemalloc). onnxruntime and torch rows:
+  included. NumPy rows: the parameters (and the momentum buffers when training) and the plan's
+  arena (allocated once, when the plan is compiled) plus tracemalloc's peak during one call
+  (NumPy reports its allocations to tracemalloc). onnxruntime and torch rows:
   growth of this process's resident memory (VmHWM after the timed calls, VmHWM reset after
   warm-up, minus VmRSS before the executor was built), so their own copy of the weights counts;
   the libraries' one-time set-up is excluded by a batch-1 call before each one's first row.
@@ -41,9 +42,8 @@ from dataclasses import dataclass, field
 from statistics import mean, median
 
 import numpy as np
+from alexc_runtime import settings
 from alexc_runtime.executor import blas_threads
-from alexc_runtime.kernels import KERNELS, Kernel
-from alexc_runtime.malloc import keep_freed_memory
 
 from .compile import compile as compile_graph
 from .errors import AlexcError
@@ -75,11 +75,12 @@ CONVENTIONS = {
     "flops_per_image": f"graph.total_flops for infer; {TRAIN_FLOPS_FACTOR}x that for train",
     "share_of_peak": "gflops / machine.sgemm_peak_gflops",
     "malloc_keeps_freed_memory": "glibc keeps freed memory mapped for reuse, for every row "
-    "(alexc_runtime.malloc; False where the user tuned malloc or it is not glibc)",
+    "(alexc_runtime.configure, which the alexc command calls; False where the user tuned malloc, "
+    "it is not glibc, or nobody configured it)",
     "sgemm_peak_gflops": "best per-shape median of NumPy float32 matmul, same thread count",
     "peak_mb": "memory the row needs beyond its input batch, parameters included; 1 MB = 1e6 B",
     "planned_peak_mb": "numpy rows: the memory plan's peak (parameters, their gradients when "
-    "training, activations and kernel state; no optimizer state)",
+    "training, and the arena: activations, gradients, saved state, scratch; no optimizer state)",
     "comparisons.speed": "numpy images/s over the peer's, same mode and batch: the median (min, "
     "max) over rounds of the peer's latency / numpy's latency in the same round",
     "comparisons.memory": "numpy peak_mb / the peer's peak_mb (None when either is unknown)",
@@ -89,7 +90,8 @@ CONVENTIONS = {
     f"{DATA_TARGET:g})",
 }
 PEAK_METHODS = {
-    "tracemalloc": "parameters (+ momentum when training) + tracemalloc peak of one call",
+    "tracemalloc": "parameters (+ momentum when training) + the plan's arena + tracemalloc peak "
+    "of one call",
     "rss": "VmHWM of one call after warm-up (reset just before it, after free heap pages were "
     "handed back) - VmRSS before building the executor; one-time library set-up excluded by an "
     "earlier batch-1 call",
@@ -279,11 +281,12 @@ class _Bench:
     def _numpy(self, row: Row, x, labels) -> _Setup:
         exe = self.numpy
         training = row.mode == "train"
-        planned = exe.plan(row.batch_size, training=training).planned_peak_bytes
-        extra = {"planned_peak_mb": planned / MB}
+        plan = exe.plan(row.batch_size, training=training)  # allocates the plan's arena
+        extra = {"planned_peak_mb": plan.planned_peak_bytes / MB}
+        held = plan.arena_bytes + self.param_bytes
         if not training:
             predictor = exe.predictor(self.params)
-            return _Setup(lambda: predictor.predict(x), "tracemalloc", self.param_bytes, extra)
+            return _Setup(lambda: predictor.predict(x), "tracemalloc", held, extra)
         params = {k: v.copy() for k, v in self.params.items()}  # the update changes them
         optimizer = SGD(params, MOMENTUM, WEIGHT_DECAY, threads=self.threads)
 
@@ -291,7 +294,7 @@ class _Bench:
             _, grads = exe.loss_and_grads(params, x, labels)
             optimizer.step(params, grads, LR)
 
-        return _Setup(step, "tracemalloc", 2 * self.param_bytes, extra)
+        return _Setup(step, "tracemalloc", held + self.param_bytes, extra)
 
     @staticmethod
     def _lrn_form(row: Row) -> str:
@@ -633,9 +636,9 @@ def run_bench(
     if repeats < 1 or warmup < 0 or threads < 1 or workers < 1:
         raise AlexcError("repeats, threads and workers must be >= 1, warmup >= 0")
     planned, notes = rows or plan_rows(graph, executors, modes, batch_sizes)
-    # Malloc set up as the executor sets it, before anything is measured, so every row of every
-    # run shares one allocator setting whichever executors it measures.
-    keeps_freed = keep_freed_memory()
+    # The allocator setting `alexc_runtime.configure` chose for this process (the `alexc`
+    # command keeps freed memory), the same for every row.
+    keeps_freed = settings()["keep_freed_memory"]
     machine = {**machine_info(threads, sgemm_repeats), "malloc_keeps_freed_memory": keeps_freed}
     peak = machine["sgemm_peak_gflops"]
     pipeline = []
@@ -717,32 +720,15 @@ def _ticker(on_call, label) -> Callable[[int], None]:
 
 
 @contextlib.contextmanager
-def timed_kernels(log: list) -> Iterator[None]:
-    """Within the block, every kernel call appends (op, backward?, seconds) to `log`.
-
-    The executor looks kernels up at call time (`KERNELS[step.op]`), so wrapping the table's
-    entries times every call; the originals are restored on leaving."""
-
-    def timed(fn, op, backward):
-        def run(*args):
-            start = time.perf_counter()
-            out = fn(*args)
-            log.append((op, backward, time.perf_counter() - start))
-            return out
-
-        return run
-
-    original = dict(KERNELS)
-    KERNELS.update(
-        {
-            op: Kernel(timed(k.forward, op, False), timed(k.backward, op, True))
-            for op, k in original.items()
-        }
-    )
+def timed_kernels(executor, log: list) -> Iterator[None]:
+    """Within the block, every kernel call `executor` (an `alexc.compile.Executor`) makes
+    appends (op, backward?, seconds) to `log`, through the executor's `on_step` hook."""
+    before = executor.on_step
+    executor.on_step = lambda index, step, seconds: log.append((step.op, step.backward, seconds))
     try:
         yield
     finally:
-        KERNELS.update(original)
+        executor.on_step = before
 
 
 def profile_numpy(
@@ -760,7 +746,7 @@ def profile_numpy(
     log: list = []
     step_seconds = [[] for _ in plan.steps]
     totals, updates = [], []
-    with timed_kernels(log):
+    with timed_kernels(bench.numpy, log):
         for i in range(warmup + repeats):
             log.clear()
             start = time.perf_counter()

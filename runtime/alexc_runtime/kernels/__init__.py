@@ -1,8 +1,11 @@
-"""NumPy kernels: every op's forward and hand-derived backward, keyed by op name.
+"""NumPy kernels: every op's forward, hand-derived backward and memory facts, keyed by op name.
 
 Calling convention (see ``Kernel``): ``forward(ctx, attrs, *inputs) -> (y, saved)`` and
 ``backward(ctx, attrs, dy, saved) -> grads``, one grad per forward input in order (None for
-non-differentiable inputs). ``saved`` holds only what backward needs.
+non-differentiable inputs). ``saved`` holds only what backward needs. Kernels write their
+results into the views ``ctx.output`` hands them (the executor's arena) and carve scratch and
+saved arrays from ``ctx.scratch``, ``ctx.temp`` and ``ctx.keep``; ``Kernel.memory`` says how
+much of each they need, which the compiler plans.
 
 Aliasing: results may share memory with arguments. flatten returns a view, dropout at inference
 and adaptive_avgpool at the identity size return x itself, their backwards (and flatten's) return
@@ -13,26 +16,102 @@ backward runs. Callers must not write into a kernel's result unless they know it
 
 from __future__ import annotations
 
+from math import prod
+
 from alexc_runtime.kernels import conv, elementwise, linear, lrn, pool, shape, softmax
-from alexc_runtime.kernels.base import Kernel, KernelContext
+from alexc_runtime.kernels.base import (
+    NO_MEMORY,
+    Kernel,
+    KernelContext,
+    Memory,
+    Space,
+    no_bytes,
+    no_workspace,
+)
+
+
+def _out_elements(attrs, ins, out, itemsize) -> int:
+    return prod(out)  # one byte each: a bool mask, a uint8 argmax
+
+
+def _conv_workspace(attrs, ins, out, itemsize, threads) -> tuple[int, int]:
+    return conv.workspace_bytes(ins[0], ins[1], attrs, itemsize)
+
+
+def _linear_workspace(attrs, ins, out, itemsize, threads) -> tuple[int, int]:
+    return (prod(out) * itemsize if out[0] > 1 else 0), 0  # y.T for a batch
+
+
+def _dropout_workspace(attrs, ins, out, itemsize, threads) -> tuple[int, int]:
+    return prod(out) * 4, 0  # the float32 draws the mask is made from
+
 
 KERNELS: dict[str, Kernel] = {
-    "conv": Kernel(conv.conv_forward, conv.conv_backward),
-    "relu": Kernel(elementwise.relu_forward, elementwise.relu_backward),
-    "lrn": Kernel(lrn.lrn_forward, lrn.lrn_backward),
-    "maxpool": Kernel(pool.maxpool_forward, pool.maxpool_backward),
-    "avgpool": Kernel(pool.avgpool_forward, pool.avgpool_backward),
-    "adaptive_avgpool": Kernel(pool.adaptive_avgpool_forward, pool.adaptive_avgpool_backward),
-    "flatten": Kernel(shape.flatten_forward, shape.flatten_backward),
-    "dropout": Kernel(elementwise.dropout_forward, elementwise.dropout_backward),
-    "linear": Kernel(linear.linear_forward, linear.linear_backward),
-    "softmax": Kernel(softmax.softmax_forward, softmax.softmax_backward),
-    "log_softmax": Kernel(softmax.log_softmax_forward, softmax.log_softmax_backward),
-    "concat": Kernel(shape.concat_forward, shape.concat_backward),
-    "add": Kernel(elementwise.add_forward, elementwise.add_backward),
+    "conv": Kernel(
+        conv.conv_forward,
+        conv.conv_backward,
+        Memory((0, 1), False, no_bytes, False, _conv_workspace, False),
+    ),
+    "relu": Kernel(
+        elementwise.relu_forward,
+        elementwise.relu_backward,
+        Memory((), False, _out_elements, True, no_workspace, False),  # the bool mask
+    ),
+    "lrn": Kernel(
+        lrn.lrn_forward,
+        lrn.lrn_backward,
+        # s and s^-beta
+        Memory((0,), False, lambda a, i, o, b: 2 * prod(o) * b, True, lrn.lrn_workspace, False),
+    ),
+    "maxpool": Kernel(
+        pool.maxpool_forward,
+        pool.maxpool_backward,
+        # the argmax in the window, one byte each
+        Memory((), False, _out_elements, True, pool.maxpool_workspace, False),
+    ),
+    "avgpool": Kernel(
+        pool.avgpool_forward,
+        pool.avgpool_backward,
+        Memory((), False, no_bytes, False, pool.avgpool_workspace, False),
+    ),
+    "adaptive_avgpool": Kernel(
+        pool.adaptive_avgpool_forward,
+        pool.adaptive_avgpool_backward,
+        Memory((), False, no_bytes, False, pool.adaptive_avgpool_workspace, False),
+    ),
+    "flatten": Kernel(
+        shape.flatten_forward,
+        shape.flatten_backward,
+        Memory((), False, no_bytes, False, no_workspace, True),
+    ),
+    "dropout": Kernel(
+        elementwise.dropout_forward,
+        elementwise.dropout_backward,
+        Memory((), False, _out_elements, True, _dropout_workspace, False),  # the bool mask
+    ),
+    "linear": Kernel(
+        linear.linear_forward,
+        linear.linear_backward,
+        Memory((0, 1), False, no_bytes, False, _linear_workspace, False),
+    ),
+    "softmax": Kernel(
+        softmax.softmax_forward,
+        softmax.softmax_backward,
+        Memory((), True, no_bytes, False, no_workspace, False),
+    ),
+    "log_softmax": Kernel(
+        softmax.log_softmax_forward,
+        softmax.log_softmax_backward,
+        Memory((), True, no_bytes, False, no_workspace, False),
+    ),
+    "concat": Kernel(shape.concat_forward, shape.concat_backward, NO_MEMORY),
+    "add": Kernel(elementwise.add_forward, elementwise.add_backward, NO_MEMORY),
     "softmax_cross_entropy": Kernel(
-        softmax.softmax_cross_entropy_forward, softmax.softmax_cross_entropy_backward
+        softmax.softmax_cross_entropy_forward,
+        softmax.softmax_cross_entropy_backward,
+        # the probabilities, computed with the loss even when no backward follows
+        Memory((), False, lambda a, ins, o, b: prod(ins[0]) * b, False, no_workspace, False),
     ),
 }
 
-__all__ = ["KERNELS", "Kernel", "KernelContext"]
+__all__ = ["KERNELS", "Kernel", "KernelContext", "Memory", "Space"]

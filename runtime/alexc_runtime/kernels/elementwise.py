@@ -28,8 +28,8 @@ def _map_batch(ctx: KernelContext, fn: Callable[[object], object], x: np.ndarray
 
 def relu_forward(ctx: KernelContext, attrs: Mapping, x: np.ndarray) -> tuple[np.ndarray, tuple]:
     """y = max(x, 0). saved = (mask,), a bool array of x's shape (x > 0); () without ctx.grad."""
-    y = np.empty(x.shape, dtype=x.dtype)
-    mask = np.empty(x.shape, dtype=bool) if ctx.grad else None
+    y = ctx.output(x.shape, x.dtype)
+    mask = ctx.keep.empty(x.shape, bool) if ctx.grad else None
 
     def run(i) -> None:
         np.maximum(x[i], 0, out=y[i])
@@ -45,7 +45,7 @@ def relu_backward(
 ) -> tuple[np.ndarray]:
     """dx = dy where x > 0, else 0 (the subgradient at 0 is 0)."""
     (mask,) = saved
-    dx = np.empty(dy.shape, dtype=dy.dtype)
+    dx = ctx.output(dy.shape, dy.dtype)
     _map_batch(ctx, lambda i: np.multiply(dy[i], mask[i], out=dx[i]), dy)
     return (dx,)
 
@@ -67,9 +67,10 @@ def dropout_forward(ctx: KernelContext, attrs: Mapping, x: np.ndarray) -> tuple[
         return x, ()
     if ctx.rng is None:
         raise ValueError("dropout in training mode needs ctx.rng (a seeded numpy Generator)")
-    mask = ctx.rng.random(x.shape, dtype=np.float32) >= np.float32(rate)
+    draws = ctx.rng.random(dtype=np.float32, out=ctx.scratch.empty(x.shape, np.float32))
+    mask = np.greater_equal(draws, np.float32(rate), out=ctx.keep.empty(x.shape, bool))
     scale = 1.0 / (1.0 - rate)
-    y = np.multiply(x, mask)
+    y = np.multiply(x, mask, out=ctx.output(x.shape, x.dtype))
     y *= scale
     return y, (mask, scale)
 
@@ -81,7 +82,7 @@ def dropout_backward(
     if not saved:
         return (dy,)
     mask, scale = saved
-    dx = np.multiply(dy, mask)
+    dx = np.multiply(dy, mask, out=ctx.output(dy.shape, dy.dtype))
     dx *= scale
     return (dx,)
 
@@ -97,7 +98,7 @@ def add_forward(
         raise ValueError(
             f"add needs equal shapes and dtypes, got {a.shape} {a.dtype} and {b.shape} {b.dtype}"
         )
-    y = np.empty(a.shape, dtype=a.dtype)
+    y = ctx.output(a.shape, a.dtype)
     _map_batch(ctx, lambda i: np.add(a[i], b[i], out=y[i]), y)
     return y, ()
 
