@@ -244,8 +244,9 @@ def _plan_memory(graph, steps, feeds, params, outputs, batch_shape, itemsize, th
     A buffer lives from the step that writes it to the last step that reads it; a forward value
     that a backward rule reads (`Kernel.memory`) lives until that backward step, and so does
     what forward saves. A view a kernel returns (flatten) is an alias: no bytes of its own, its
-    source lives as long as it does. Parameter gradients are results, counted with the
-    parameters rather than in the arena."""
+    source lives as long as it does; so is a result written in place over an input nobody reads
+    afterwards (relu, dropout). Parameter gradients are results, counted with the parameters
+    rather than in the arena."""
     value_shape = {**batch_shape, **{p.name: p.shape for p in graph.params}}
     param_grads = {grad_name(p) for p in params}
     start: dict[str, int] = {f: -1 for f in feeds}
@@ -304,6 +305,26 @@ def _plan_memory(graph, steps, feeds, params, outputs, batch_shape, itemsize, th
     for alias in sorted(aliases, key=lambda n: -start[n]):  # a chain's last link first
         source = aliases[alias]
         end[source] = max(end.get(source, start[source]), end.get(alias, start[alias]))
+    # In place (relu, dropout): a result takes its input's bytes when nothing reads the input
+    # afterwards; the input's life then covers the result's.
+    home: dict[str, str] = dict(aliases)
+
+    def owner(name):
+        while name in home:
+            name = home[name]
+        return name
+
+    for i, s in enumerate(steps):
+        out = s.outputs[0]
+        if not KERNELS[s.op].memory.in_place or out is None or out in param_grads:
+            continue
+        source = owner(s.inputs[0])
+        if start.get(source, -1) < 0 or end.get(source) != i or out in end and out in outputs:
+            continue
+        if s.backward and writes[out] != 1:
+            continue
+        home[out] = source
+        end[source] = max(end[source], end.get(out, i))
 
     def nbytes(name):
         if name == LABELS:
@@ -312,23 +333,39 @@ def _plan_memory(graph, steps, feeds, params, outputs, batch_shape, itemsize, th
             return itemsize
         return _elements(batch_shape[_value(name)]) * itemsize
 
-    # (kind, key) -> (first step, last step, bytes, shape); placed in order of first step.
+    def shape(key, size):
+        return tuple(batch_shape.get(_value(key[1]), ())) if key[0] == "value" else (size,)
+
+    # (kind, key) -> (first step, last step, bytes)
     wanted = {("value", n): (lo, max(end.get(n, lo), lo), nbytes(n)) for n, lo in start.items()}
     wanted.update({("saved", n): (lo, hi, b + SLACK) for n, (lo, hi, b) in kept.items() if b})
     wanted.update({("workspace", i): (i, i, b + SLACK) for i, b in scratch.items() if b})
-    placed: dict[tuple, Slot] = {}
-    for key in sorted(wanted, key=lambda k: (wanted[k][0], k[0], str(k[1]))):
+    # Each slot at the lowest offset clear of the placed slots whose lives overlap its own,
+    # largest first or in order of first step, whichever arena is smaller (largest first leaves
+    # fewer gaps in training plans); an alias or in-place result then takes its owner's offset.
+    # Feeds are the caller's arrays: planned for liveness, not placed in the arena (offset -1).
+    sharers = {k for k in wanted if k[0] == "value" and k[1] in home}
+    feeds_ = {("value", f) for f in feeds}
+    placeable = wanted.keys() - sharers - feeds_
+    by_size = sorted(placeable, key=lambda k: (-wanted[k][2], wanted[k][0], str(k)))
+    by_start = sorted(placeable, key=lambda k: (wanted[k][0], str(k)))
+    owned = min(
+        (_place(wanted, order, shape) for order in (by_size, by_start)),
+        key=lambda slots: max((s.offset + s.nbytes for s in slots.values()), default=0),
+    )
+    placed = dict(owned)
+    for key in feeds_:
         lo, hi, size = wanted[key]
-        source = ("value", aliases[key[1]]) if key[0] == "value" and key[1] in aliases else None
-        offset = placed[source].offset if source in placed else _first_fit(placed, lo, hi, size)
-        shape = tuple(batch_shape.get(_value(key[1]), ())) if key[0] == "value" else (size,)
-        placed[key] = Slot(offset, size, shape, lo, hi)
-    owned = {k: s for k, s in placed.items() if not (k[0] == "value" and k[1] in aliases)}
+        placed[key] = Slot(-1, size, shape(key, size), lo, hi)
+    for key in sharers:
+        lo, hi, size = wanted[key]
+        placed[key] = Slot(owned[("value", owner(key[1]))].offset, size, shape(key, size), lo, hi)
     return {
         "slots": {k[1]: s for k, s in placed.items() if k[0] == "value"},
         "saved": {k[1]: s for k, s in placed.items() if k[0] == "saved"},
         "workspace": {k[1]: s for k, s in placed.items() if k[0] == "workspace"},
         "aliases": aliases,
+        "in_place": {k: v for k, v in home.items() if k not in aliases},
         "arena_bytes": max((s.offset + s.nbytes for s in owned.values()), default=0),
         "live_peak_bytes": max(
             sum(s.nbytes for s in owned.values() if s.start <= i <= s.end)
@@ -340,6 +377,15 @@ def _plan_memory(graph, steps, feeds, params, outputs, batch_shape, itemsize, th
 def _value(name: str) -> str:
     """The activation a buffer name refers to (a gradient's value, or the name itself)."""
     return name[len("grad:") :] if isinstance(name, str) and name.startswith("grad:") else name
+
+
+def _place(wanted: dict, order: list, shape) -> dict:
+    """Slots for the keys of `wanted` ((first step, last step, bytes) each), placed in `order`."""
+    placed: dict = {}
+    for key in order:
+        lo, hi, size = wanted[key]
+        placed[key] = Slot(_first_fit(placed, lo, hi, size), size, shape(key, size), lo, hi)
+    return placed
 
 
 def _first_fit(placed: dict, lo: int, hi: int, size: int) -> int:

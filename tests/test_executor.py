@@ -226,6 +226,33 @@ def test_dropout_is_on_in_training_only(mini):
     assert a != b and c == d
 
 
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("path", ["alexnet-mini.yaml", "alexnet-torchvision.yaml"])
+def test_buffers_alive_at_once_never_share_arena_bytes(path, training):
+    """Every slot (activation, gradient, saved state, scratch) that lives at the same step as
+    another sits in other bytes, unless one is a view or in-place result of the other."""
+    plan = lower(alexc.load_graph(GRAPHS / path), 8, training=training)
+    links = {**plan.aliases, **plan.in_place}
+
+    def family(key):
+        kind, name = key
+        while kind == "value" and name in links:
+            name = links[name]
+        return kind, name
+
+    slots = [(("value", n), s) for n, s in plan.slots.items() if s.offset >= 0]
+    slots += [(("saved", n), s) for n, s in plan.saved.items()]
+    slots += [(("workspace", i), s) for i, s in plan.workspace.items()]
+    assert all(s.offset + s.nbytes <= plan.arena_bytes for _, s in slots)
+    for i, (a, sa) in enumerate(slots):
+        for b, sb in slots[i + 1 :]:
+            lives = sa.start <= sb.end and sb.start <= sa.end
+            bytes_ = sa.offset < sb.offset + sb.nbytes and sb.offset < sa.offset + sa.nbytes
+            assert not (lives and bytes_) or family(a) == family(b), (a, b)
+    if training:  # relu writes over the conv output nobody else reads, and dx over dy
+        assert plan.in_place["relu1"] == "conv1" and plan.in_place["grad:conv1"] == "grad:relu1"
+
+
 # Every op, at a size where the arena dwarfs the executor's own bookkeeping.
 EVERY_OP = """
 name: every-op

@@ -7,7 +7,8 @@ Invariants the compiler guarantees (and tests check):
   value a backward rule keeps lives until that backward step);
 - `free_after` on a step lists the buffers whose life ends there;
 - slots whose lives overlap never overlap in the arena, except an alias (a view a kernel returns
-  of its input, e.g. flatten), which shares its source's bytes while its source lives on.
+  of its input, e.g. flatten) and a result written in place (relu, dropout), which share the
+  bytes of the value they come from, whose life is extended to cover theirs.
 
 The executor allocates the arena (`arena_bytes`) once and runs every step in the views its
 Slots give: activations and gradients (`slots`), what forward saves for backward (`saved`, per
@@ -34,7 +35,7 @@ class Step:
 
 @dataclass(frozen=True)
 class Slot:
-    offset: int  # bytes into the arena
+    offset: int  # bytes into the arena (-1: a feed, the caller's own array)
     nbytes: int
     shape: tuple[int, ...]
     start: int  # index of the step that writes it (-1: before the first step)
@@ -53,6 +54,8 @@ class Plan:
     saved: Mapping[str, Slot] = field(default_factory=dict)  # node -> what forward keeps
     workspace: Mapping[int, Slot] = field(default_factory=dict)  # step index -> its scratch
     aliases: Mapping[str, str] = field(default_factory=dict)  # a view -> the value it views
+    # a result written over an input nobody reads afterwards -> the value whose bytes it takes
+    in_place: Mapping[str, str] = field(default_factory=dict)
     dtype: str = "float32"  # of activations and gradients
     arena_bytes: int = 0  # size of the arena holding every slot
     live_peak_bytes: int = 0  # the most bytes of slots in use at one step (the arena's lower

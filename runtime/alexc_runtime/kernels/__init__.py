@@ -42,67 +42,68 @@ def _linear_workspace(attrs, ins, out, itemsize, threads) -> tuple[int, int]:
     return (prod(out) * itemsize if out[0] > 1 else 0), 0  # y.T for a batch
 
 
-def _dropout_workspace(attrs, ins, out, itemsize, threads) -> tuple[int, int]:
-    return prod(out) * 4, 0  # the float32 draws the mask is made from
+def _memory(
+    inputs=(), output=False, saved=no_bytes, grad_only=False, workspace=no_workspace, **flags
+) -> Memory:
+    return Memory(
+        inputs,
+        output,
+        saved,
+        grad_only,
+        workspace,
+        flags.get("view", False),
+        flags.get("in_place", False),
+    )
 
 
 KERNELS: dict[str, Kernel] = {
     "conv": Kernel(
-        conv.conv_forward,
-        conv.conv_backward,
-        Memory((0, 1), False, no_bytes, False, _conv_workspace, False),
+        conv.conv_forward, conv.conv_backward, _memory(inputs=(0, 1), workspace=_conv_workspace)
     ),
     "relu": Kernel(
         elementwise.relu_forward,
         elementwise.relu_backward,
-        Memory((), False, _out_elements, True, no_workspace, False),  # the bool mask
+        # backward reads the output itself: y > 0 where x > 0
+        _memory(output=True, workspace=elementwise.relu_workspace, in_place=True),
     ),
     "lrn": Kernel(
         lrn.lrn_forward,
         lrn.lrn_backward,
-        # s and s^-beta
-        Memory((0,), False, lambda a, i, o, b: 2 * prod(o) * b, True, lrn.lrn_workspace, False),
+        _memory(  # keeps x, and saves s and s^-beta
+            inputs=(0,),
+            saved=lambda a, i, o, b: 2 * prod(o) * b,
+            grad_only=True,
+            workspace=lrn.lrn_workspace,
+        ),
     ),
     "maxpool": Kernel(
         pool.maxpool_forward,
         pool.maxpool_backward,
         # the argmax in the window, one byte each
-        Memory((), False, _out_elements, True, pool.maxpool_workspace, False),
+        _memory(saved=_out_elements, grad_only=True, workspace=pool.maxpool_workspace),
     ),
     "avgpool": Kernel(
-        pool.avgpool_forward,
-        pool.avgpool_backward,
-        Memory((), False, no_bytes, False, pool.avgpool_workspace, False),
+        pool.avgpool_forward, pool.avgpool_backward, _memory(workspace=pool.avgpool_workspace)
     ),
     "adaptive_avgpool": Kernel(
         pool.adaptive_avgpool_forward,
         pool.adaptive_avgpool_backward,
-        Memory((), False, no_bytes, False, pool.adaptive_avgpool_workspace, False),
+        _memory(workspace=pool.adaptive_avgpool_workspace),
     ),
-    "flatten": Kernel(
-        shape.flatten_forward,
-        shape.flatten_backward,
-        Memory((), False, no_bytes, False, no_workspace, True),
-    ),
+    "flatten": Kernel(shape.flatten_forward, shape.flatten_backward, _memory(view=True)),
     "dropout": Kernel(
         elementwise.dropout_forward,
         elementwise.dropout_backward,
-        Memory((), False, _out_elements, True, _dropout_workspace, False),  # the bool mask
+        _memory(saved=_out_elements, grad_only=True, in_place=True),  # the bool mask
     ),
     "linear": Kernel(
         linear.linear_forward,
         linear.linear_backward,
-        Memory((0, 1), False, no_bytes, False, _linear_workspace, False),
+        _memory(inputs=(0, 1), workspace=_linear_workspace),
     ),
-    "softmax": Kernel(
-        softmax.softmax_forward,
-        softmax.softmax_backward,
-        Memory((), True, no_bytes, False, no_workspace, False),
-    ),
+    "softmax": Kernel(softmax.softmax_forward, softmax.softmax_backward, _memory(output=True)),
     "log_softmax": Kernel(
-        softmax.log_softmax_forward,
-        softmax.log_softmax_backward,
-        Memory((), True, no_bytes, False, no_workspace, False),
+        softmax.log_softmax_forward, softmax.log_softmax_backward, _memory(output=True)
     ),
     "concat": Kernel(shape.concat_forward, shape.concat_backward, NO_MEMORY),
     "add": Kernel(elementwise.add_forward, elementwise.add_backward, NO_MEMORY),
@@ -110,7 +111,7 @@ KERNELS: dict[str, Kernel] = {
         softmax.softmax_cross_entropy_forward,
         softmax.softmax_cross_entropy_backward,
         # the probabilities, computed with the loss even when no backward follows
-        Memory((), False, lambda a, ins, o, b: prod(ins[0]) * b, False, no_workspace, False),
+        _memory(saved=lambda a, ins, o, b: prod(ins[0]) * b),
     ),
 }
 

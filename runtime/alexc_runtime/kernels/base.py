@@ -101,7 +101,9 @@ class Memory:
     `workspace(attrs, input shapes, output shape, itemsize, threads)`: (forward, backward)
     scratch carved from ``ctx.scratch``: whole-call buffers, and each thread's room for its
     block temporaries (``block_scratch_bytes``);
-    `view`: the output is a view of input 0 (and backward's gradient one of dy)."""
+    `view`: the output is a view of input 0 (and backward's gradient one of dy);
+    `in_place`: elementwise, so the output may be written over input 0 (and dx over dy) when
+    nothing reads that input afterwards."""
 
     inputs: tuple[int, ...]
     output: bool
@@ -109,9 +111,10 @@ class Memory:
     grad_only: bool
     workspace: Callable
     view: bool
+    in_place: bool
 
 
-NO_MEMORY = Memory((), False, no_bytes, False, no_workspace, False)
+NO_MEMORY = Memory((), False, no_bytes, False, no_workspace, False, False)
 
 
 @dataclass(frozen=True)
