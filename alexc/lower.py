@@ -359,7 +359,7 @@ def _plan_memory(graph, steps, feeds, params, outputs, batch_shape, itemsize, th
         placed[key] = Slot(-1, size, shape(key, size), lo, hi)
     for key in sharers:
         lo, hi, size = wanted[key]
-        placed[key] = Slot(owned[("value", owner(key[1]))].offset, size, shape(key, size), lo, hi)
+        placed[key] = Slot(placed[("value", owner(key[1]))].offset, size, shape(key, size), lo, hi)
     return {
         "slots": {k[1]: s for k, s in placed.items() if k[0] == "value"},
         "saved": {k[1]: s for k, s in placed.items() if k[0] == "saved"},

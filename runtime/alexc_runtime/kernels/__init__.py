@@ -10,8 +10,10 @@ much of each they need, which the compiler plans.
 Aliasing: results may share memory with arguments. flatten returns a view, dropout at inference
 and adaptive_avgpool at the identity size return x itself, their backwards (and flatten's) return
 dy or a view of it, and add's backward returns dy for both operands. ``saved`` may reference
-forward inputs (conv and linear keep x and w, LRN keeps x), which must stay unchanged until
-backward runs. Callers must not write into a kernel's result unless they know it is fresh.
+forward inputs (conv and linear keep x and w, LRN keeps x) or the output (relu, softmax,
+log_softmax), which must stay unchanged until backward runs. Callers must not write into a
+kernel's result unless they know it is fresh. relu and dropout are elementwise: their output
+view may be their input (and dx may be dy), which the plan uses to run them in place.
 """
 
 from __future__ import annotations
