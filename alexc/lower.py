@@ -25,7 +25,7 @@ from .ops import RULES
 LABELS = "labels"
 LOSS = "loss"
 ALIGN = 64
-SLACK = 8 * ALIGN  # per saved or workspace slot: the arrays carved from it start on cache lines
+SLACK = 16 * ALIGN  # per saved or workspace slot: the arrays carved from it start on cache lines
 
 
 def grad_name(value: str) -> str:
@@ -376,7 +376,7 @@ def _plan_memory(graph, steps, feeds, params, outputs, batch_shape, itemsize, th
 
 def _value(name: str) -> str:
     """The activation a buffer name refers to (a gradient's value, or the name itself)."""
-    return name[len("grad:") :] if isinstance(name, str) and name.startswith("grad:") else name
+    return name[len("grad:") :] if name.startswith("grad:") else name
 
 
 def _place(wanted: dict, order: list, shape) -> dict:

@@ -5,9 +5,11 @@ The executor allocates the plan's arena once (one 64-byte aligned byte buffer of
 the view its `Slot` gives: kernels write their results into those views (`ctx.output`) and carve
 their scratch and saved state from them (`ctx.scratch`, `ctx.keep`), so after the first call a
 step allocates no large arrays. Views of inputs (flatten) stay views: the plan gives them their
-source's offset. Two things live outside the arena: the caller's feeds and parameters, and what
-a call returns (its outputs, copied out so the next call cannot overwrite them, and parameter
-gradients, fresh arrays the executor never writes again once final).
+source's offset (`Plan.aliases`); relu and dropout run in place where the plan gives their
+result its input's bytes (`Plan.in_place`). Two things live outside the arena: the caller's
+feeds and parameters, and what a call returns (its outputs, copied out so the next call cannot
+overwrite them, and parameter gradients, fresh arrays the executor never writes again once
+final).
 """
 
 from __future__ import annotations
