@@ -2,9 +2,6 @@
 
 __version__ = "0.1.0"
 
-# First, before anything loads NumPy: the runtime sets OpenBLAS's thread spin time.
-import alexc_runtime  # noqa: F401, I001
-
 from .errors import AlexcError, CheckpointError, DataError, GraphError
 from .ir import Graph, Input, Node, Op, Param
 from .ir.graph import build_graph, verify

@@ -1,3 +1,3 @@
-from .cli.app import main
+from alexc_launch import main
 
 main()

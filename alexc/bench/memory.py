@@ -9,7 +9,8 @@ import tracemalloc
 from collections.abc import Callable
 
 PEAK_METHODS = {
-    "tracemalloc": "parameters (+ momentum when training) + tracemalloc peak of one call",
+    "tracemalloc": "parameters (+ momentum when training) + the plan's arena + tracemalloc peak "
+    "of one call",
     "rss": "VmHWM of one call after warm-up (reset just before it, after free heap pages were "
     "handed back) - VmRSS before building the executor; one-time library set-up excluded by an "
     "earlier batch-1 call",

@@ -142,7 +142,7 @@ def layer_times(graph, batch: int, threads: int, repeats: int = 2) -> list[dict]
     per_step = [[] for _ in plan.steps]
     updates = []
     log: list = []
-    with timed_kernels(log):
+    with timed_kernels(executor, log):
         for i in range(1 + repeats):
             log.clear()
             _, grads = executor.loss_and_grads(params, x, y)
@@ -277,4 +277,7 @@ def scaling_limits(rows: Sequence[dict]) -> list[str]:
 
 
 if __name__ == "__main__":
+    import alexc_runtime
+
+    alexc_runtime.configure(keep_freed_memory=True)  # as the alexc command does for itself
     _worker(sys.argv[1], *(int(v) for v in sys.argv[2:6]))

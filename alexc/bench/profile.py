@@ -8,8 +8,6 @@ from collections.abc import Iterator
 from statistics import mean
 from typing import TYPE_CHECKING
 
-from alexc_runtime.kernels import KERNELS, Kernel
-
 from ..errors import AlexcError
 from ..training.optim import SGD
 from .timing import LR, MOMENTUM, WEIGHT_DECAY
@@ -19,32 +17,15 @@ if TYPE_CHECKING:
 
 
 @contextlib.contextmanager
-def timed_kernels(log: list) -> Iterator[None]:
-    """Within the block, every kernel call appends (op, backward?, seconds) to `log`.
-
-    The executor looks kernels up at call time (`KERNELS[step.op]`), so wrapping the table's
-    entries times every call; the originals are restored on leaving."""
-
-    def timed(fn, op, backward):
-        def run(*args):
-            start = time.perf_counter()
-            out = fn(*args)
-            log.append((op, backward, time.perf_counter() - start))
-            return out
-
-        return run
-
-    original = dict(KERNELS)
-    KERNELS.update(
-        {
-            op: Kernel(timed(k.forward, op, False), timed(k.backward, op, True))
-            for op, k in original.items()
-        }
-    )
+def timed_kernels(executor, log: list) -> Iterator[None]:
+    """Within the block, every kernel call `executor` (an `alexc.passes.compile.Executor`) makes
+    appends (op, backward?, seconds) to `log`, through the executor's `on_step` hook."""
+    before = executor.on_step
+    executor.on_step = lambda index, step, seconds: log.append((step.op, step.backward, seconds))
     try:
         yield
     finally:
-        KERNELS.update(original)
+        executor.on_step = before
 
 
 def profile_numpy(
@@ -62,7 +43,7 @@ def profile_numpy(
     log: list = []
     step_seconds = [[] for _ in plan.steps]
     totals, updates = [], []
-    with timed_kernels(log):
+    with timed_kernels(bench.numpy, log):
         for i in range(warmup + repeats):
             log.clear()
             start = time.perf_counter()

@@ -14,8 +14,9 @@ Conventions (also written into the JSON, under "conventions"):
 - the machine's sgemm peak is NumPy float32 matmul on AlexNet-shaped GEMMs with the same thread
   count: the median GFLOP/s of each shape over its repeats, and the best shape is the peak;
 - peak memory (MB = 10^6 bytes) is what the row needs beyond its input batch, parameters
-  included. NumPy rows: the parameters (and the momentum buffers when training) plus tracemalloc's
-  peak during one call (NumPy reports its allocations to tracemalloc). onnxruntime and torch rows:
+  included. NumPy rows: the parameters (and the momentum buffers when training) and the plan's
+  arena (allocated once, when the plan is compiled) plus tracemalloc's peak during one call
+  (NumPy reports its allocations to tracemalloc). onnxruntime and torch rows:
   growth of this process's resident memory (VmHWM after the timed calls, VmHWM reset after
   warm-up, minus VmRSS before the executor was built), so their own copy of the weights counts;
   the libraries' one-time set-up is excluded by a batch-1 call before each one's first row.
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 from statistics import median
 
 import numpy as np
-from alexc_runtime.malloc import keep_freed_memory
+from alexc_runtime import settings
 
 from ..errors import AlexcError
 from ..ir import Graph, Op
@@ -63,11 +64,12 @@ CONVENTIONS = {
     "flops_per_image": f"graph.total_flops for infer; {TRAIN_FLOPS_FACTOR}x that for train",
     "share_of_peak": "gflops / machine.sgemm_peak_gflops",
     "malloc_keeps_freed_memory": "glibc keeps freed memory mapped for reuse, for every row "
-    "(alexc_runtime.malloc; False where the user tuned malloc or it is not glibc)",
+    "(alexc_runtime.configure, which the alexc command calls; False where the user tuned malloc, "
+    "it is not glibc, or nobody configured it)",
     "sgemm_peak_gflops": "best per-shape median of NumPy float32 matmul, same thread count",
     "peak_mb": "memory the row needs beyond its input batch, parameters included; 1 MB = 1e6 B",
     "planned_peak_mb": "numpy rows: the memory plan's peak (parameters, their gradients when "
-    "training, activations and kernel state; no optimizer state)",
+    "training, and the arena: activations, gradients, saved state, scratch; no optimizer state)",
     "comparisons.speed": "numpy images/s over the peer's, same mode and batch: the median (min, "
     "max) over rounds of the peer's latency / numpy's latency in the same round",
     "comparisons.memory": "numpy peak_mb / the peer's peak_mb (None when either is unknown)",
@@ -148,11 +150,12 @@ class Bench:
     def _numpy(self, row: Row, x, labels) -> _Setup:
         exe = self.numpy
         training = row.mode == "train"
-        planned = exe.plan(row.batch_size, training=training).planned_peak_bytes
-        extra = {"planned_peak_mb": planned / MB}
+        plan = exe.plan(row.batch_size, training=training)  # allocates the plan's arena
+        extra = {"planned_peak_mb": plan.planned_peak_bytes / MB}
+        held = plan.arena_bytes + self.param_bytes
         if not training:
             predictor = exe.predictor(self.params)
-            return _Setup(lambda: predictor.predict(x), "tracemalloc", self.param_bytes, extra)
+            return _Setup(lambda: predictor.predict(x), "tracemalloc", held, extra)
         params = {k: v.copy() for k, v in self.params.items()}  # the update changes them
         optimizer = SGD(params, MOMENTUM, WEIGHT_DECAY, threads=self.threads)
 
@@ -160,7 +163,7 @@ class Bench:
             _, grads = exe.loss_and_grads(params, x, labels)
             optimizer.step(params, grads, LR)
 
-        return _Setup(step, "tracemalloc", 2 * self.param_bytes, extra)
+        return _Setup(step, "tracemalloc", held + self.param_bytes, extra)
 
     @staticmethod
     def _lrn_form(row: Row) -> str:
@@ -471,9 +474,9 @@ def run_bench(
     if repeats < 1 or warmup < 0 or threads < 1 or workers < 1:
         raise AlexcError("repeats, threads and workers must be >= 1, warmup >= 0")
     planned, notes = rows or plan_rows(graph, executors, modes, batch_sizes)
-    # Malloc set up as the executor sets it, before anything is measured, so every row of every
-    # run shares one allocator setting whichever executors it measures.
-    keeps_freed = keep_freed_memory()
+    # The allocator setting `alexc_runtime.configure` chose for this process (the `alexc`
+    # command keeps freed memory), the same for every row.
+    keeps_freed = settings()["keep_freed_memory"]
     machine = {**machine_info(threads, sgemm_repeats), "malloc_keeps_freed_memory": keeps_freed}
     peak = machine["sgemm_peak_gflops"]
     pipeline = []

@@ -90,8 +90,8 @@ def _caption(result: dict) -> str:
     c = result["config"]
     return (
         f"median of {c['repeats']} timed calls after {c['warmup']} warm-up; train = forward + "
-        "backward + SGD update, counted as 3x forward FLOPs; peak MB: parameters + tracemalloc "
-        "(numpy), resident-memory growth (others)"
+        "backward + SGD update, counted as 3x forward FLOPs; peak MB: parameters + arena + "
+        "tracemalloc (numpy), resident-memory growth (others)"
     )
 
 

@@ -16,7 +16,9 @@ from .lower import LABELS, LOSS, grad_name, lower
 class Executor:
     """Runs a Graph on the NumPy runtime: inference, and loss with gradients for training.
 
-    Plans are compiled on demand for each (batch size, mode, dtype) and cached."""
+    Plans are compiled on demand for each (batch size, mode, dtype) and cached, each with its
+    arena (allocated once, when the plan is compiled). `on_step(index, step, seconds)`, when
+    set, is called after every kernel call (the profiler's hook)."""
 
     name = "numpy"
 
@@ -32,6 +34,7 @@ class Executor:
         self.threads = threads
         self.label_smoothing = label_smoothing
         self.rng = np.random.default_rng(seed)
+        self.on_step = None
         self._executors: dict[tuple, PlanExecutor] = {}
         self.plan(batch_size, training=False)
 
@@ -48,9 +51,12 @@ class Executor:
                 training=training,
                 dtype=dtype,
                 label_smoothing=self.label_smoothing,
+                threads=self.threads,
             )
             self._executors[key] = PlanExecutor(plan, self.threads)
-        return self._executors[key]
+        exe = self._executors[key]
+        exe.on_step = self.on_step
+        return exe
 
     def _check_input(self, x: np.ndarray) -> None:
         want = self.graph.input.shape

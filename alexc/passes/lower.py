@@ -3,18 +3,18 @@
 Passes, in order: (inference) strip a declared loss node and dropout; (training) append the
 loss (or rename the declared one); lower to forward steps; autodiff appends backward steps from
 the per-op backward rules; liveness says after which step each activation and gradient is
-dropped (the executor drops it there) and plans arena offsets (which the executor does not use
-yet).
+dropped, and first-fit arena offsets for every activation, gradient, saved array and kernel
+workspace (the runtime's kernels say what they save and the scratch they need: `Kernel.memory`),
+which the executor runs in.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
-from alexc_runtime.kernels import conv as conv_kernel
+from alexc_runtime.kernels import KERNELS
 from alexc_runtime.plan import Plan, Slot, Step
 
 from ..errors import GraphError
@@ -23,6 +23,7 @@ from ..ir.graph import rebuild
 from ..ops import RULES
 
 ALIGN = 64
+SLACK = 16 * ALIGN  # per saved or workspace slot: the arrays carved from it start on cache lines
 
 
 def grad_name(value: str) -> str:
@@ -31,60 +32,6 @@ def grad_name(value: str) -> str:
 
 def _elements(shape) -> int:
     return math.prod(shape)
-
-
-def _none(attrs, ins, out, itemsize) -> int:
-    return 0
-
-
-@dataclass(frozen=True)
-class Memory:
-    """What a kernel holds beyond its output, matching the runtime kernels (sizes in bytes as a
-    function of (input shapes, output shape, itemsize), batch included):
-    `inputs`/`output`: forward values its backward reads (kept alive by reference);
-    `saved`: new arrays kept from forward to backward (masks, argmax indices);
-    `workspace` and `backward_workspace`: scratch while the forward or backward step runs.
-    Each function takes (attrs, input shapes, output shape, itemsize)."""
-
-    inputs: tuple[int, ...] = ()
-    output: bool = False
-    saved: Callable = _none
-    workspace: Callable = _none
-    backward_workspace: Callable = _none
-    grad_only: bool = False  # `saved` is built only when a backward follows (ctx.grad)
-
-
-def _conv_workspace(a, ins, out, b, backward=False):
-    # The kernel's own account of its scratch (flat input and output blocks, tap weights).
-    return conv_kernel.workspace_bytes(ins[0], ins[1], a, b)[backward]
-
-
-def _conv_backward_workspace(a, ins, out, b):
-    return _conv_workspace(a, ins, out, b, backward=True)
-
-
-MEMORY: dict[Op, Memory] = {
-    Op.CONV: Memory(
-        inputs=(0, 1), workspace=_conv_workspace, backward_workspace=_conv_backward_workspace
-    ),
-    Op.RELU: Memory(saved=lambda a, ins, out, b: _elements(out), grad_only=True),  # a bool mask
-    Op.LRN: Memory(
-        inputs=(0,), saved=lambda a, ins, out, b: 2 * _elements(out) * b, grad_only=True
-    ),  # s and s^-beta
-    Op.MAXPOOL: Memory(
-        saved=lambda a, ins, out, b: _elements(out), grad_only=True
-    ),  # uint8 argmax in the window
-    Op.AVGPOOL: Memory(),
-    Op.ADAPTIVE_AVGPOOL: Memory(),
-    Op.FLATTEN: Memory(),
-    Op.DROPOUT: Memory(saved=lambda a, ins, out, b: _elements(out), grad_only=True),  # a bool mask
-    Op.LINEAR: Memory(inputs=(0, 1), workspace=lambda a, ins, out, b: _elements(out) * b),  # y.T
-    Op.SOFTMAX_CROSS_ENTROPY: Memory(saved=lambda a, ins, out, b: _elements(ins[0]) * b),
-    Op.SOFTMAX: Memory(output=True),
-    Op.LOG_SOFTMAX: Memory(output=True),
-    Op.CONCAT: Memory(),
-    Op.ADD: Memory(),
-}
 
 
 def strip_dropout(graph: Graph) -> Graph:
@@ -188,9 +135,16 @@ def _param_names(graph: Graph, node: Node) -> list[str]:
 
 
 def lower(
-    graph: Graph, batch_size: int, *, training: bool, dtype=np.float32, label_smoothing: float = 0.0
+    graph: Graph,
+    batch_size: int,
+    *,
+    training: bool,
+    dtype=np.float32,
+    label_smoothing: float = 0.0,
+    threads: int = 1,
 ) -> Plan:
-    """A Plan for `batch_size` samples: inference (dropout stripped) or a training step."""
+    """A Plan for `batch_size` samples: inference (dropout stripped) or a training step, its
+    scratch sized for `threads` threads."""
     logits = logits_of(graph)
     if training:
         graph = add_loss(graph, label_smoothing)
@@ -217,10 +171,8 @@ def lower(
     grads: dict[str, str] = {}
     if training:
         steps += _autodiff(graph, loss_node, steps, grads)
-    slots, arena, live_peak = _plan_memory(
-        graph, steps, feeds, param_names, outputs, batch_shape, itemsize
-    )
-    steps = _with_frees(steps, slots, keep=set(outputs) | set(grads.values()))
+    memory = _plan_memory(graph, steps, feeds, param_names, outputs, batch_shape, itemsize, threads)
+    steps = _with_frees(steps, memory["slots"], keep=set(outputs) | set(grads.values()))
     param_bytes = sum(_elements(p.shape) for p in graph.params) * itemsize * (2 if training else 1)
     return Plan(
         batch_size=batch_size,
@@ -229,10 +181,9 @@ def lower(
         outputs=tuple(outputs),
         steps=tuple(steps),
         grads=grads,
-        slots=slots,
-        arena_bytes=arena,
-        live_peak_bytes=live_peak,
+        dtype=np.dtype(dtype).name,
         param_bytes=param_bytes,
+        **memory,
     )
 
 
@@ -283,47 +234,65 @@ def _autodiff(graph: Graph, loss_node: Node, forward: list[Step], grads: dict) -
     return backward
 
 
-def _plan_memory(graph, steps, feeds, params, outputs, batch_shape, itemsize):
-    """Liveness over the step list, then first-fit arena offsets for activations and gradients.
+def _plan_memory(graph, steps, feeds, params, outputs, batch_shape, itemsize, threads) -> dict:
+    """Liveness over the step list, then first-fit arena offsets for every activation,
+    gradient, saved array and workspace: the Plan's `slots`, `saved`, `workspace`, `aliases`,
+    `arena_bytes` and `live_peak_bytes`.
 
     A buffer lives from the step that writes it to the last step that reads it; a forward value
-    that a backward rule reads (MEMORY) lives until that backward step. Parameter gradients are
-    results, counted with the parameters rather than in the arena."""
-    ops = {n.name: n.op for n in graph.nodes}
+    that a backward rule reads (`Kernel.memory`) lives until that backward step, and so does
+    what forward saves. A view a kernel returns (flatten) is an alias: no bytes of its own, its
+    source lives as long as it does; so is a result written in place over an input nobody reads
+    afterwards (relu, dropout). Parameter gradients are results, counted with the parameters
+    rather than in the arena."""
     value_shape = {**batch_shape, **{p.name: p.shape for p in graph.params}}
     param_grads = {grad_name(p) for p in params}
     start: dict[str, int] = {f: -1 for f in feeds}
     end: dict[str, int] = {}
-    held: list[tuple[int, int, int]] = []  # (first step, last step, bytes) of kernel state
+    aliases: dict[str, str] = {}
+    kept: dict[str, tuple[int, int, int]] = {}  # node -> (first step, last step, bytes)
+    scratch: dict[int, int] = {}  # step index -> bytes
     backward_at = {s.node: i for i, s in enumerate(steps) if s.backward}
     forward_at = {s.node: i for i, s in enumerate(steps) if not s.backward}
+    writes: dict[str, int] = {}
+    for s in steps:
+        for o in s.outputs if s.backward else ():
+            if o is not None:
+                writes[o] = writes.get(o, 0) + 1
     last = len(steps) - 1
+
+    def root(name):
+        while name in aliases:
+            name = aliases[name]
+        return name
 
     def read(name, at):
         end[name] = max(end.get(name, at), at)
 
     for i, s in enumerate(steps):
-        memory = MEMORY[ops[s.node]]
+        memory = KERNELS[s.op].memory
         fwd = steps[forward_at[s.node]]
         in_shapes = [value_shape.get(n, ()) for n in fwd.inputs]
+        out_shape = batch_shape[s.node]
         if s.backward:
             read(s.inputs[0], i)
             for o in s.outputs:
                 if o is not None and o not in param_grads:
                     start.setdefault(o, i)
-            held.append(
-                (i, i, memory.backward_workspace(s.attrs, in_shapes, batch_shape[s.node], itemsize))
-            )
+            if memory.view and s.outputs[0] is not None and writes[s.outputs[0]] == 1:
+                aliases[s.outputs[0]] = root(s.inputs[0])
+            scratch[i] = memory.workspace(s.attrs, in_shapes, out_shape, itemsize, threads)[1]
             continue
         for name in s.inputs:
             read(name, i)
         start[s.outputs[0]] = i  # the node's own name, or a relu's fused into it
-        saved = memory.saved(s.attrs, in_shapes, batch_shape[s.node], itemsize)
-        held.append((i, i, memory.workspace(s.attrs, in_shapes, batch_shape[s.node], itemsize)))
-        if s.node in backward_at:
-            held.append((i, backward_at[s.node], saved))
-        elif not memory.grad_only:  # computed anyway, dropped after the step
-            held.append((i, i, saved))
+        if memory.view:
+            aliases[s.outputs[0]] = root(s.inputs[0])
+        scratch[i] = memory.workspace(s.attrs, in_shapes, out_shape, itemsize, threads)[0]
+        # Training plans build saved state for every step; inference only what is not grad-only.
+        if backward_at or not memory.grad_only:
+            saved = memory.saved(s.attrs, in_shapes, out_shape, itemsize)
+            kept[s.node] = (i, backward_at.get(s.node, i), saved)
         if s.node in backward_at:
             for k in memory.inputs:
                 read(s.inputs[k], backward_at[s.node])
@@ -331,37 +300,102 @@ def _plan_memory(graph, steps, feeds, params, outputs, batch_shape, itemsize):
                 read(s.node, backward_at[s.node])
     for o in outputs:
         end[o] = last
+    for alias in sorted(aliases, key=lambda n: -start[n]):  # a chain's last link first
+        source = aliases[alias]
+        end[source] = max(end.get(source, start[source]), end.get(alias, start[alias]))
+    # In place (relu, dropout): a result takes its input's bytes when nothing reads the input
+    # afterwards; the input's life then covers the result's.
+    home: dict[str, str] = dict(aliases)
+
+    def owner(name):
+        while name in home:
+            name = home[name]
+        return name
+
+    for i, s in enumerate(steps):
+        out = s.outputs[0]
+        if not KERNELS[s.op].memory.in_place or out is None or out in param_grads:
+            continue
+        source = owner(s.inputs[0])
+        if start.get(source, -1) < 0 or end.get(source) != i or out in end and out in outputs:
+            continue
+        if s.backward and writes[out] != 1:
+            continue
+        home[out] = source
+        end[source] = max(end[source], end.get(out, i))
 
     def nbytes(name):
         if name == LABELS:
             return batch_shape[graph.inputs[0].name][0] * 8  # int64 class indices
         if name == grad_name(LOSS):
             return itemsize
-        value = name[len("grad:") :] if name.startswith("grad:") else name
-        return _elements(batch_shape[value]) * itemsize
+        return _elements(batch_shape[_value(name)]) * itemsize
 
-    slots: dict[str, Slot] = {}
-    for name in sorted(start, key=lambda n: (start[n], n)):
-        size = nbytes(name)
-        lo = start[name]
-        hi = max(end.get(name, lo), lo)
-        offset = 0
-        # First fit: the lowest offset clear of every placed buffer whose lifetime overlaps.
-        for other in sorted(slots.values(), key=lambda s: s.offset):
-            if other.end < lo or other.start > hi:
-                continue
-            if offset + size <= other.offset:
-                break
-            offset = max(offset, other.offset + -(-other.nbytes // ALIGN) * ALIGN)
-        value = name[len("grad:") :] if name.startswith("grad:") else name
-        slots[name] = Slot(offset, size, tuple(batch_shape.get(value, ())), lo, hi)
-    arena = max((s.offset + s.nbytes for s in slots.values()), default=0)
-    live_peak = max(
-        sum(s.nbytes for s in slots.values() if s.start <= i <= s.end)
-        + sum(b for s0, s1, b in held if s0 <= i <= s1)
-        for i in range(-1, len(steps))
+    def shape(key, size):
+        return tuple(batch_shape.get(_value(key[1]), ())) if key[0] == "value" else (size,)
+
+    # (kind, key) -> (first step, last step, bytes)
+    wanted = {("value", n): (lo, max(end.get(n, lo), lo), nbytes(n)) for n, lo in start.items()}
+    wanted.update({("saved", n): (lo, hi, b + SLACK) for n, (lo, hi, b) in kept.items() if b})
+    wanted.update({("workspace", i): (i, i, b + SLACK) for i, b in scratch.items() if b})
+    # Each slot at the lowest offset clear of the placed slots whose lives overlap its own,
+    # largest first or in order of first step, whichever arena is smaller (largest first leaves
+    # fewer gaps in training plans); an alias or in-place result then takes its owner's offset.
+    # Feeds are the caller's arrays: planned for liveness, not placed in the arena (offset -1).
+    sharers = {k for k in wanted if k[0] == "value" and k[1] in home}
+    feeds_ = {("value", f) for f in feeds}
+    placeable = wanted.keys() - sharers - feeds_
+    by_size = sorted(placeable, key=lambda k: (-wanted[k][2], wanted[k][0], str(k)))
+    by_start = sorted(placeable, key=lambda k: (wanted[k][0], str(k)))
+    owned = min(
+        (_place(wanted, order, shape) for order in (by_size, by_start)),
+        key=lambda slots: max((s.offset + s.nbytes for s in slots.values()), default=0),
     )
-    return slots, arena, live_peak
+    placed = dict(owned)
+    for key in feeds_:
+        lo, hi, size = wanted[key]
+        placed[key] = Slot(-1, size, shape(key, size), lo, hi)
+    for key in sharers:
+        lo, hi, size = wanted[key]
+        placed[key] = Slot(placed[("value", owner(key[1]))].offset, size, shape(key, size), lo, hi)
+    return {
+        "slots": {k[1]: s for k, s in placed.items() if k[0] == "value"},
+        "saved": {k[1]: s for k, s in placed.items() if k[0] == "saved"},
+        "workspace": {k[1]: s for k, s in placed.items() if k[0] == "workspace"},
+        "aliases": aliases,
+        "in_place": {k: v for k, v in home.items() if k not in aliases},
+        "arena_bytes": max((s.offset + s.nbytes for s in owned.values()), default=0),
+        "live_peak_bytes": max(
+            sum(s.nbytes for s in owned.values() if s.start <= i <= s.end)
+            for i in range(-1, len(steps))
+        ),
+    }
+
+
+def _value(name: str) -> str:
+    """The activation a buffer name refers to (a gradient's value, or the name itself)."""
+    return name[len("grad:") :] if name.startswith("grad:") else name
+
+
+def _place(wanted: dict, order: list, shape) -> dict:
+    """Slots for the keys of `wanted` ((first step, last step, bytes) each), placed in `order`."""
+    placed: dict = {}
+    for key in order:
+        lo, hi, size = wanted[key]
+        placed[key] = Slot(_first_fit(placed, lo, hi, size), size, shape(key, size), lo, hi)
+    return placed
+
+
+def _first_fit(placed: dict, lo: int, hi: int, size: int) -> int:
+    """The lowest offset clear of every placed slot whose lifetime overlaps [lo, hi]."""
+    offset = 0
+    for other in sorted(placed.values(), key=lambda s: s.offset):
+        if other.end < lo or other.start > hi:
+            continue
+        if offset + size <= other.offset:
+            break
+        offset = max(offset, other.offset + -(-other.nbytes // ALIGN) * ALIGN)
+    return offset
 
 
 def _with_frees(steps: list[Step], slots: dict[str, Slot], keep: set[str]) -> list[Step]:

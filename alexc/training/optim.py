@@ -20,8 +20,8 @@ class SGD:
         w <- w + v
 
     Updates params and buffers in place (float32), with one chunk-sized temporary per thread:
-    each tensor is walked in cache-sized chunks, split over ``threads`` threads (elementwise, so
-    the result does not depend on the split)."""
+    each tensor is walked in chunks of ``chunk`` elements (cache-sized by default), split over
+    ``threads`` threads (elementwise, so the result does not depend on the split)."""
 
     def __init__(
         self,
@@ -30,8 +30,10 @@ class SGD:
         weight_decay: float,
         buffers: Mapping[str, np.ndarray] | None = None,
         threads: int = 1,
+        chunk: int = CHUNK,
     ):
         self.momentum = momentum
+        self.chunk = chunk
         self.weight_decay = weight_decay
         self.buffers = {k: np.zeros_like(v) for k, v in params.items()}
         for k, v in (buffers or {}).items():
@@ -49,17 +51,18 @@ class SGD:
             flat_g = grads[name].reshape(-1)
 
             def update(first: int, last: int, w=flat_w, v=flat_v, g=flat_g) -> None:
-                self._update(w, v, g, lr, first * CHUNK, min(last * CHUNK, w.size))
+                self._update(w, v, g, lr, first * self.chunk, min(last * self.chunk, w.size))
 
-            self._pool.map_range(update, -(-w.size // CHUNK))
+            self._pool.map_range(update, -(-w.size // self.chunk))
 
     def _update(self, w, v, g, lr: float, start: int, stop: int) -> None:
         """The rule on w[start:stop], chunk by chunk, so the six passes over a chunk hit the
         cache: w, v and g stream through memory once instead of once per pass."""
         m, decay = self.momentum, self.weight_decay * lr
-        tmp = np.empty(min(CHUNK, stop - start), w.dtype)  # one per call, not per chunk
-        for s in range(start, stop, CHUNK):
-            e = min(s + CHUNK, stop)
+        chunk = self.chunk
+        tmp = np.empty(min(chunk, stop - start), w.dtype)  # one per call, not per chunk
+        for s in range(start, stop, chunk):
+            e = min(s + chunk, stop)
             w_c, v_c, t = w[s:e], v[s:e], tmp[: e - s]
             v_c *= m
             np.multiply(w_c, decay, out=t)

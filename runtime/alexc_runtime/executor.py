@@ -1,21 +1,30 @@
-"""Runs a Plan: kernel calls in order over a dictionary of named buffers.
+"""Runs a Plan: kernel calls in order, over the plan's arena.
 
-A buffer is dropped as soon as its last reader is done (`Step.free_after`), so the process holds
-what the plan's liveness analysis says it holds. What a forward kernel saves for its backward is
-kept only in training plans, and released by that backward step.
+The executor allocates the plan's arena once (one 64-byte aligned byte buffer of
+`Plan.arena_bytes`) and binds every activation, gradient, saved array and kernel workspace to
+the view its `Slot` gives: kernels write their results into those views (`ctx.output`) and carve
+their scratch and saved state from them (`ctx.scratch`, `ctx.keep`), so after the first call a
+step allocates no large arrays. Views of inputs (flatten) stay views: the plan gives them their
+source's offset (`Plan.aliases`); relu and dropout run in place where the plan gives their
+result its input's bytes (`Plan.in_place`). Two things live outside the arena: the caller's
+feeds and parameters, and what a call returns (its outputs, copied out so the next call cannot
+overwrite them, and parameter gradients, fresh arrays the executor never writes again once
+final).
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from .kernels import KERNELS, KernelContext
-from .malloc import keep_freed_memory
-from .plan import Plan
+from .kernels import KERNELS, KernelContext, Space
+from .kernels.base import ALIGN, CACHE_BLOCK_BYTES
+from .plan import Plan, Slot, Step
 from .threads import ShardPool
 
 _controller = None
@@ -29,15 +38,57 @@ def blas_threads(threads: int):
     return _controller.limit(limits=threads, user_api="blas")
 
 
-class PlanExecutor:
-    """Executes one Plan with `threads` threads for both BLAS and the batch-sharded kernels."""
+def aligned_bytes(nbytes: int) -> np.ndarray:
+    """A uint8 buffer of `nbytes` whose first byte sits on a 64-byte boundary."""
+    raw = np.empty(nbytes + ALIGN, dtype=np.uint8)
+    start = -raw.ctypes.data % ALIGN
+    return raw[start : start + nbytes]
 
-    def __init__(self, plan: Plan, threads: int = 1):
-        keep_freed_memory()  # every step allocates afresh: reuse freed pages, not new ones
+
+class PlanExecutor:
+    """Executes one Plan with `threads` threads for both BLAS and the batch-sharded kernels.
+
+    `on_step(index, step, seconds)`, when given, is called after every kernel call (the
+    profiler's hook). `cache_block_bytes`, `conv_fold` and `conv_block_samples` are the
+    kernels' strategy knobs (see `KernelContext`); results never depend on them. One call runs
+    at a time (the arena is shared by every call)."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        threads: int = 1,
+        *,
+        on_step: Callable[[int, Step, float], None] | None = None,
+        cache_block_bytes: int = CACHE_BLOCK_BYTES,
+        conv_fold: str | None = None,
+        conv_block_samples: int | None = None,
+    ):
         self.plan = plan
         self.threads = threads
         self.pool = ShardPool(threads)
+        self.on_step = on_step
+        self.knobs = dict(
+            cache_block_bytes=cache_block_bytes,
+            conv_fold=conv_fold,
+            conv_block_samples=conv_block_samples,
+        )
         self.grads_final_after = _grads_final_after(plan)
+        self.arena = aligned_bytes(plan.arena_bytes)
+        dtype = np.dtype(plan.dtype)
+        # Feeds are the caller's arrays; their slots (kept for the forecast) are not bound.
+        # An alias is the view its kernel returns, at its source's offset.
+        self.views = {
+            name: self._view(slot, dtype)
+            for name, slot in plan.slots.items()
+            if name not in plan.inputs and name not in plan.aliases
+        }
+        self._lock = threading.Lock()
+
+    def _view(self, slot: Slot, dtype: np.dtype) -> np.ndarray:
+        return self._bytes(slot).view(dtype).reshape(slot.shape)
+
+    def _bytes(self, slot: Slot | None) -> np.ndarray | None:
+        return None if slot is None else self.arena[slot.offset : slot.offset + slot.nbytes]
 
     def run(
         self,
@@ -53,43 +104,89 @@ class PlanExecutor:
         `on_grad(param, grad)` is called as soon as a parameter's gradient is final, in the
         middle of the backward pass (the last layers' first), so a caller can start
         communicating it while the rest of backward runs. The executor never writes that
-        array again."""
-        plan = self.plan
+        array again. Outputs are copies: the next call does not change them."""
+        with self._lock, blas_threads(self.threads):
+            return self._run(feeds, params, train, rng, on_grad)
+
+    def _run(self, feeds, params, train, rng, on_grad):
+        plan, views = self.plan, self.views
         env: dict[str, np.ndarray] = {**params, **feeds}
         keep_saved = plan.training
         saved: dict[str, tuple] = {}
-        ctx = KernelContext(pool=self.pool, train=train, rng=rng, grad=keep_saved)
-        with blas_threads(self.threads):
-            for index, step in enumerate(plan.steps):
-                kernel = KERNELS[step.op]
-                if step.backward:
-                    needs = tuple(out is not None for out in step.outputs)
-                    grads = kernel.backward(
-                        replace(ctx, needs=needs),
-                        step.attrs,
-                        env[step.inputs[0]],
-                        saved.pop(step.node),
-                    )
-                    for out, grad, add in zip(step.outputs, grads, step.accumulate, strict=True):
-                        if out is not None:
-                            # Not in place: a kernel may hand back a view of its upstream grad.
-                            env[out] = env[out] + grad if add else grad
-                else:
-                    y, kept = kernel.forward(ctx, step.attrs, *(env[name] for name in step.inputs))
-                    env[step.outputs[0]] = y
-                    if keep_saved:
-                        saved[step.node] = kept
-                for name in step.free_after:
-                    env.pop(name, None)
-                if on_grad is not None:
-                    for param in self.grads_final_after.get(index, ()):
-                        on_grad(param, env[plan.grads[param]])
-        outputs = {name: env[name] for name in plan.outputs}
+        ctx = KernelContext(pool=self.pool, train=train, rng=rng, grad=keep_saved, **self.knobs)
+        timer = _Timer(self.on_step)
+        for index, step in enumerate(plan.steps):
+            kernel = KERNELS[step.op]
+            scratch = Space(self._bytes(plan.workspace.get(index)))
+            if step.backward:
+                needs = tuple(out is not None for out in step.outputs)
+                # A gradient that adds to an earlier one is computed aside, then added.
+                outs = tuple(
+                    None if out is None or add else views.get(out)
+                    for out, add in zip(step.outputs, step.accumulate, strict=True)
+                )
+                step_ctx = replace(ctx, needs=needs, out=outs, scratch=scratch)
+                timer.start()
+                grads = kernel.backward(
+                    step_ctx, step.attrs, env[step.inputs[0]], saved.pop(step.node)
+                )
+                for out, grad, view, add in zip(
+                    step.outputs, grads, outs, step.accumulate, strict=True
+                ):
+                    if out is None:
+                        continue
+                    if add:
+                        np.add(env[out], grad, out=env[out])
+                    else:
+                        env[out] = _into(view, grad)
+                timer.stop(index, step)
+            else:
+                out = step.outputs[0]
+                view = views.get(out)
+                keep = Space(self._bytes(plan.saved.get(step.node)))
+                step_ctx = replace(ctx, out=(view,), scratch=scratch, keep=keep)
+                timer.start()
+                y, kept = kernel.forward(step_ctx, step.attrs, *(env[name] for name in step.inputs))
+                env[out] = _into(view, y)
+                timer.stop(index, step)
+                if keep_saved:
+                    saved[step.node] = kept
+            for name in step.free_after:
+                env.pop(name, None)
+            if on_grad is not None:
+                for param in self.grads_final_after.get(index, ()):
+                    on_grad(param, env[plan.grads[param]])
+        outputs = {name: env[name].copy() for name in plan.outputs}
         grads = {p: env[g] for p, g in plan.grads.items()}
         return outputs, grads
 
     def close(self) -> None:
         self.pool.close()
+
+
+def _into(view: np.ndarray | None, result: np.ndarray) -> np.ndarray:
+    """The planned view holding `result` (copied there when the kernel returned another array,
+    e.g. x itself from dropout at inference, or dy from add's backward)."""
+    if view is None or result is view:
+        return result
+    np.copyto(view, result)
+    return view
+
+
+class _Timer:
+    """Times each kernel call for the `on_step` hook; does nothing without one."""
+
+    def __init__(self, on_step):
+        self.on_step = on_step
+        self.began = 0.0
+
+    def start(self) -> None:
+        if self.on_step is not None:
+            self.began = time.perf_counter()
+
+    def stop(self, index: int, step: Step) -> None:
+        if self.on_step is not None:
+            self.on_step(index, step, time.perf_counter() - self.began)
 
 
 def _grads_final_after(plan: Plan) -> dict[int, tuple[str, ...]]:

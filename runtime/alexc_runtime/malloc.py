@@ -40,7 +40,7 @@ def user_tuned() -> bool:
 def keep_freed_memory() -> bool:
     """Have glibc keep freed memory for reuse instead of unmapping it; True if now in effect.
 
-    Process-wide and idempotent: the executor calls it when it is built."""
+    Process-wide, irreversible and idempotent: called through ``alexc_runtime.configure``."""
     if user_tuned():
         return False
     try:

@@ -5,10 +5,14 @@ Invariants the compiler guarantees (and tests check):
   produces a gradient it reads;
 - every activation and gradient has a Slot: its size and the steps it lives between (a forward
   value a backward rule keeps lives until that backward step);
-- `free_after` on a step lists the buffers whose life ends there.
+- `free_after` on a step lists the buffers whose life ends there;
+- slots whose lives overlap never overlap in the arena, except an alias (a view a kernel returns
+  of its input, e.g. flatten) and a result written in place (relu, dropout), which share the
+  bytes of the value they come from, whose life is extended to cover theirs.
 
-The executor allocates each buffer with NumPy and drops it at `free_after`; the arena offsets
-in the Slots (`offset`, `arena_bytes`) are planned but not used yet.
+The executor allocates the arena (`arena_bytes`) once and runs every step in the views its
+Slots give: activations and gradients (`slots`), what forward saves for backward (`saved`, per
+node) and each step's scratch (`workspace`, per step index).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ class Step:
 
 @dataclass(frozen=True)
 class Slot:
-    offset: int  # bytes into the arena
+    offset: int  # bytes into the arena (-1: a feed, the caller's own array)
     nbytes: int
     shape: tuple[int, ...]
     start: int  # index of the step that writes it (-1: before the first step)
@@ -47,9 +51,15 @@ class Plan:
     steps: tuple[Step, ...]  # forward steps, then backward steps
     grads: Mapping[str, str] = field(default_factory=dict)  # param -> its gradient buffer
     slots: Mapping[str, Slot] = field(default_factory=dict)  # activations and gradients
-    arena_bytes: int = 0  # size of the arena holding activations and gradients
-    live_peak_bytes: int = 0  # planned peak of arena buffers in use plus kernel state (saved
-    # masks and indices, scratch) at one step
+    saved: Mapping[str, Slot] = field(default_factory=dict)  # node -> what forward keeps
+    workspace: Mapping[int, Slot] = field(default_factory=dict)  # step index -> its scratch
+    aliases: Mapping[str, str] = field(default_factory=dict)  # a view -> the value it views
+    # a result written over an input nobody reads afterwards -> the value whose bytes it takes
+    in_place: Mapping[str, str] = field(default_factory=dict)
+    dtype: str = "float32"  # of activations and gradients
+    arena_bytes: int = 0  # size of the arena holding every slot
+    live_peak_bytes: int = 0  # the most bytes of slots in use at one step (the arena's lower
+    # bound; first-fit placement leaves some gaps above it)
     param_bytes: int = 0  # parameters and their gradients
 
     @property
@@ -58,5 +68,5 @@ class Plan:
 
     @property
     def planned_peak_bytes(self) -> int:
-        """What one call holds at its busiest step, parameters and their gradients included."""
-        return self.live_peak_bytes + self.param_bytes
+        """What running the plan holds: its arena, parameters and their gradients."""
+        return self.arena_bytes + self.param_bytes

@@ -277,14 +277,24 @@ def test_profile_accounts_for_every_step(document, mini):
         assert (conv1["backward_ms"] is not None) == (mode == "train")
 
 
-def test_timed_kernels_restores_the_table():
+def test_timed_kernels_hooks_the_executor_not_the_kernel_table(mini):
+    """The profiler is the executor's on_step hook: it sees every step of the plan, in order,
+    and leaves the global kernel table and other executors alone."""
     from alexc_runtime.kernels import KERNELS
 
     before = dict(KERNELS)
+    exe, other = compile(mini, 2), compile(mini, 2)
+    x = np.zeros((2, *mini.input.shape), np.float32)
     log = []
-    with timed_kernels(log):
-        assert KERNELS["conv"] is not before["conv"]
-    assert KERNELS == before
+    with timed_kernels(exe, log):
+        exe.loss_and_grads(mini.init_params(0), x, np.array([1, 2]))
+        other.forward(mini.init_params(0), x)
+        assert KERNELS == before
+    plan = exe.plan(2, training=True)
+    assert [(op, bw) for op, bw, _ in log] == [(s.op, s.backward) for s in plan.steps]
+    assert all(seconds >= 0 for _, _, seconds in log)
+    exe.forward(mini.init_params(0), x)
+    assert len(log) == len(plan.steps)  # the hook is gone
 
 
 def test_plan_rows_expands_onnxruntime_and_explains_what_it_leaves_out(mini, monkeypatch):

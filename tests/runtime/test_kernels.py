@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 import threading
+from dataclasses import fields, replace
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-from alexc_runtime.kernels import KERNELS, KernelContext, base, conv
+from alexc_runtime.kernels import KERNELS, KernelContext, Memory, base
 from alexc_runtime.threads import ShardPool, split_range
 from onnx import TensorProto, helper
 
@@ -247,8 +248,13 @@ def test_every_op_has_a_kernel():
         "softmax_cross_entropy",
     }
     assert set(KERNELS) == expected
-    for kernel in KERNELS.values():
-        assert callable(kernel.forward) and callable(kernel.backward)
+    for op, kernel in KERNELS.items():
+        assert callable(kernel.forward) and callable(kernel.backward), op
+        # What it saves and the scratch it needs: the compiler plans the arena from them.
+        memory = kernel.memory
+        assert isinstance(memory, Memory), op
+        assert all(getattr(memory, f.name) is not None for f in fields(Memory)), op
+        assert callable(memory.saved) and callable(memory.workspace), op
 
 
 @pytest.mark.parametrize(
@@ -299,16 +305,16 @@ def conv_inputs(case, rng, dtype=np.float64):
 
 
 @pytest.fixture(params=[None, 1, 2], ids=["one-block", "block-1", "block-2"])
-def conv_block(request, monkeypatch):
-    """Force the batch into GEMM blocks of 1 or 2 samples (2 leaves a ragged last block)."""
-    if request.param is not None:
-        monkeypatch.setattr(conv, "_block_samples", lambda n, *_: min(n, request.param))
+def conv_block(request):
+    """A context forcing the batch into GEMM blocks of 1 or 2 samples (2 leaves a ragged last
+    block), or the blocks the byte budget gives."""
+    return KernelContext(conv_block_samples=request.param)
 
 
 @pytest.mark.parametrize("case", sorted(CONV_CASES))
 def test_conv_forward(case, conv_block):
     attrs, inputs = conv_inputs(case, np.random.default_rng(1))
-    y, _ = forward("conv", attrs, *inputs)
+    y, _ = forward("conv", attrs, *inputs, ctx=conv_block)
     b = inputs[2] if attrs["bias"] else None
     expected = ref_conv(
         inputs[0], inputs[1], b, attrs["stride"], attrs["pad"], attrs["dilation"], attrs["groups"]
@@ -611,12 +617,12 @@ def test_lrn_matches_onnxruntime(convention, size):
 
 @pytest.mark.parametrize("fold", ["none", "row", "all"])
 @pytest.mark.parametrize("case", sorted(CONV_CASES))
-def test_conv_gradients(case, fold, conv_block, monkeypatch):
+def test_conv_gradients(case, fold, conv_block):
     """Every way backward can group kernel taps into GEMMs (the choice otherwise follows the
     channel count, and these small cases would all take "all")."""
-    monkeypatch.setattr(conv, "_fold", lambda g: fold)
+    ctx = replace(conv_block, conv_fold=fold)
     attrs, inputs = conv_inputs(case, np.random.default_rng(17))
-    assert check_gradients("conv", attrs, inputs) == len(inputs)
+    assert check_gradients("conv", attrs, inputs, make_ctx=lambda: ctx) == len(inputs)
 
 
 @pytest.mark.parametrize("convention", ["paper", "onnx"])
@@ -851,13 +857,12 @@ def _threaded_cases():
 @pytest.mark.parametrize(
     "op, attrs, inputs", _threaded_cases(), ids=lambda v: v if isinstance(v, str) else ""
 )
-def test_two_threads_match_one_bit_for_bit(op, attrs, inputs, monkeypatch):
+def test_two_threads_match_one_bit_for_bit(op, attrs, inputs):
     results = []
     # One thread; two threads; two threads walking their chunks one sample at a time.
     for threads, cache_block in ((1, base.CACHE_BLOCK_BYTES), (2, base.CACHE_BLOCK_BYTES), (2, 1)):
-        monkeypatch.setattr(base, "CACHE_BLOCK_BYTES", cache_block)
         with ShardPool(threads) as pool:
-            ctx = KernelContext(pool=pool)
+            ctx = KernelContext(pool=pool, cache_block_bytes=cache_block)
             y, saved = forward(op, attrs, *inputs, ctx=ctx)
             dy = np.random.default_rng(3).standard_normal(y.shape).astype(y.dtype)
             grads = KERNELS[op].backward(ctx, attrs, dy, saved)

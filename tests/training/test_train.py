@@ -14,7 +14,6 @@ import pytest
 
 import alexc
 from alexc.errors import AlexcError
-from alexc.training import optim
 from alexc.training.checkpoint import read_checkpoint, save_checkpoint
 from alexc.training.loop import train
 from alexc.training.optim import SGD, Schedule
@@ -41,15 +40,14 @@ def test_sgd_matches_hand_computation():
 
 
 @pytest.mark.parametrize("threads", [1, 3])
-def test_sgd_in_chunks_updates_every_element_of_every_tensor(threads, monkeypatch):
+def test_sgd_in_chunks_updates_every_element_of_every_tensor(threads):
     """The update walks tensors in cache-sized chunks split over threads; with chunks of 7 (a
     ragged last one) every element of a 2-D weight and a bias still follows the rule."""
-    monkeypatch.setattr(optim, "CHUNK", 7)
     rng = np.random.default_rng(3)
     w0 = {"w": rng.standard_normal((5, 6)).astype(np.float32), "b": np.ones(4, np.float32)}
     params = {k: v.copy() for k, v in w0.items()}
     grads = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in w0.items()}
-    sgd = SGD(params, momentum=0.9, weight_decay=0.1, threads=threads)
+    sgd = SGD(params, momentum=0.9, weight_decay=0.1, threads=threads, chunk=7)
     sgd.step(params, grads, lr=0.1)
     sgd.step(params, grads, lr=0.1)
     for k in w0:
@@ -59,15 +57,14 @@ def test_sgd_in_chunks_updates_every_element_of_every_tensor(threads, monkeypatc
         np.testing.assert_allclose(params[k], w1 + v2, rtol=1e-5)
 
 
-def test_sgd_threads_give_the_same_bits(monkeypatch):
-    monkeypatch.setattr(optim, "CHUNK", 5)
+def test_sgd_threads_give_the_same_bits():
     rng = np.random.default_rng(4)
     w0 = {"w": rng.standard_normal((7, 9)).astype(np.float32)}
     g = {"w": rng.standard_normal((7, 9)).astype(np.float32)}
     results = []
     for threads in (1, 2, 4):
         params = {"w": w0["w"].copy()}
-        sgd = SGD(params, momentum=0.9, weight_decay=5e-4, threads=threads)
+        sgd = SGD(params, momentum=0.9, weight_decay=5e-4, threads=threads, chunk=5)
         for lr in (0.1, 0.05):
             sgd.step(params, g, lr)
         results.append((params["w"], sgd.buffers["w"]))

@@ -39,7 +39,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from alexc_runtime.blas import gemm
 from alexc_runtime.geometry import window_out
-from alexc_runtime.kernels.base import KernelContext, shard
+from alexc_runtime.kernels.base import KernelContext, Space, shard
 
 # Bytes of the flat input or output per block of samples (tuning knobs). Forward GEMMs accumulate
 # into the output block once per tap, so it should stay in cache; backward's weight-gradient
@@ -140,7 +140,13 @@ def _block_samples(n: int, bytes_per_sample: int, budget: int) -> int:
     return max(1, min(n, budget // bytes_per_sample))
 
 
-def _block(g: _Geometry, itemsize: int, backward: bool = False, copies: int = 1) -> int:
+def _block(
+    g: _Geometry, itemsize: int, backward: bool = False, copies: int = 1, samples: int | None = None
+) -> int:
+    """Samples per GEMM block: ``samples`` when given (a knob: ``ctx.conv_block_samples``),
+    else as many as the byte budget holds."""
+    if samples is not None:
+        return max(1, min(g.n, samples))
     budget = BACKWARD_BLOCK_BUDGET if backward else BLOCK_BUDGET
     return _block_samples(g.n, max(g.ci * copies, g.filters) * g.pitch * itemsize, budget)
 
@@ -162,23 +168,31 @@ def workspace_bytes(x_shape: tuple, w_shape: tuple, attrs: Mapping, itemsize: in
     nb = _block(g, itemsize, backward=True, copies=len(inner))
     flat, out = g.ci * g.flat_len(nb) * itemsize, g.filters * g.out_len(nb) * itemsize
     folded = 0 if fold == "none" else g.ci * len(inner) * (g.out_len(nb) + outer[-1]) * itemsize
-    # xq, dxq, dyq, both folded copies, the taps twice (gathered and folded), their gradients,
-    # and dw; strided: the tiles of a block in pack and unpack.
+    # xq, dxq, dyq, both folded copies, the taps twice (gathered and folded) and their
+    # gradients; strided: the tiles of a block in pack and unpack.
     backward = 2 * flat + out + 2 * folded + 3 * taps + strided + 2 * nb * tiles
-    return forward, backward + int(np.prod(w_shape)) * itemsize
+    return forward, backward
 
 
-def _tap_weights(g: _Geometry, w: np.ndarray) -> np.ndarray:
+def _copy(src: np.ndarray, space: Space) -> np.ndarray:
+    """A contiguous copy of ``src`` carved from ``space``."""
+    dst = space.empty(src.shape, src.dtype)
+    np.copyto(dst, src)
+    return dst
+
+
+def _tap_weights(g: _Geometry, w: np.ndarray, space: Space) -> np.ndarray:
     """(khi, kwi, F, C_i/groups) contiguous: one (F, C_i/groups) matrix per tap."""
     if not g.strided:
-        return np.ascontiguousarray(w.transpose(2, 3, 0, 1))
+        return _copy(w.transpose(2, 3, 0, 1), space)
     f, cg = w.shape[:2]
-    dense = np.zeros((f, cg, g.khi * g.sh, g.kwi * g.sw), dtype=w.dtype)
+    dense = space.empty((f, cg, g.khi * g.sh, g.kwi * g.sw), w.dtype)
+    dense.fill(0)
     dense[:, :, : (g.kh - 1) * g.dh + 1 : g.dh, : (g.kw - 1) * g.dw + 1 : g.dw] = w
     dense6 = dense.reshape(f, cg, g.khi, g.sh, g.kwi, g.sw)
     # Channel order (c, a, b) matches the space-to-depth of the input.
     taps = dense6.transpose(2, 4, 0, 1, 3, 5)
-    return np.ascontiguousarray(taps).reshape(g.khi, g.kwi, f, cg * g.sh * g.sw)
+    return _copy(taps, space).reshape(g.khi, g.kwi, f, cg * g.sh * g.sw)
 
 
 def _weight_grad(g: _Geometry, dtaps: np.ndarray, w_shape: tuple) -> np.ndarray:
@@ -205,8 +219,16 @@ def _positions(g: _Geometry, buf: np.ndarray, nb: int) -> np.ndarray:
     return as_strided(buf, (buf.shape[0], nb, g.oh, g.ow), strides, writeable=buf.flags.writeable)
 
 
-def _pack(g: _Geometry, x: np.ndarray, xq: np.ndarray, b0: int, s: int, e: int) -> None:
-    """Write samples ``x[b0+s : b0+e]`` into their part of the flat layout ``xq`` (C_i, T)."""
+def _tiles(g: _Geometry, nb: int, ctx: KernelContext, dtype) -> np.ndarray | None:
+    """Room for a block's padded, tiled samples (strided convolutions only), flat."""
+    if not g.strided:
+        return None
+    return ctx.scratch.empty(nb * g.c * g.hi * g.sh * g.wi * g.sw, dtype)
+
+
+def _pack(g: _Geometry, x: np.ndarray, xq: np.ndarray, b0: int, s: int, e: int, tiles=None) -> None:
+    """Write samples ``x[b0+s : b0+e]`` into their part of the flat layout ``xq`` (C_i, T);
+    ``tiles``: the block's room from ``_tiles``."""
     part = _flat4(g, xq, e)[:, s:e]  # (C_i, e-s, Hq, Wq)
     xb = x[b0 + s : b0 + e]
     if not g.strided:
@@ -220,7 +242,9 @@ def _pack(g: _Geometry, x: np.ndarray, xq: np.ndarray, b0: int, s: int, e: int) 
     # Zero-pad into the tiled extent, then fold each sh x sw tile into channels (c, a, b).
     top, left = g.pad[0], g.pad[1]
     ph, pw = g.hi * g.sh, g.wi * g.sw
-    padded = np.zeros((e - s, g.c, ph, pw), dtype=x.dtype)
+    per = g.c * ph * pw
+    padded = tiles[s * per : e * per].reshape(e - s, g.c, ph, pw)
+    padded.fill(0)
     rows, cols = max(0, min(g.h, ph - top)), max(0, min(g.w, pw - left))
     padded[:, :, top : top + rows, left : left + cols] = xb[:, :, :rows, :cols]
     tiles = padded.reshape(e - s, g.c, g.hi, g.sh, g.wi, g.sw).transpose(1, 3, 5, 0, 2, 4)
@@ -230,7 +254,9 @@ def _pack(g: _Geometry, x: np.ndarray, xq: np.ndarray, b0: int, s: int, e: int) 
     part6[..., : g.hi, g.wi :] = 0
 
 
-def _unpack(g: _Geometry, dxq: np.ndarray, dx: np.ndarray, b0: int, s: int, e: int) -> None:
+def _unpack(
+    g: _Geometry, dxq: np.ndarray, dx: np.ndarray, b0: int, s: int, e: int, tiles=None
+) -> None:
     """The inverse of ``_pack`` for gradients: ``dx[b0+s : b0+e]`` from the flat layout."""
     part = _flat4(g, dxq, e)[:, s:e]
     target = dx[b0 + s : b0 + e].transpose(1, 0, 2, 3)
@@ -239,7 +265,8 @@ def _unpack(g: _Geometry, dxq: np.ndarray, dx: np.ndarray, b0: int, s: int, e: i
         return
     top, left = g.pad[0], g.pad[1]
     part6 = part.reshape(g.c, g.sh, g.sw, e - s, g.hq, g.wq)[..., : g.hi, : g.wi]
-    padded = np.empty((g.c, e - s, g.hi, g.sh, g.wi, g.sw), dtype=dx.dtype)
+    per = g.c * g.hi * g.sh * g.wi * g.sw
+    padded = tiles[s * per : e * per].reshape(g.c, e - s, g.hi, g.sh, g.wi, g.sw)
     np.copyto(padded, part6.transpose(0, 3, 4, 1, 5, 2))
     padded4 = padded.reshape(g.c, e - s, g.hi * g.sh, g.wi * g.sw)
     rows = max(0, min(g.h, padded4.shape[2] - top))
@@ -269,12 +296,13 @@ def conv_forward(
     if w.dtype != x.dtype:
         raise TypeError(f"conv weight dtype {w.dtype} differs from input dtype {x.dtype}")
     g = _geometry(x.shape, w.shape, attrs)
-    nb_max = _block(g, x.itemsize)
-    y = np.empty((g.n, g.filters, g.oh, g.ow), dtype=x.dtype)
+    nb_max = _block(g, x.itemsize, samples=ctx.conv_block_samples)
+    y = ctx.output((g.n, g.filters, g.oh, g.ow), x.dtype)
     offsets, _ = _fold_offsets(g, "none")
-    taps = _fold_taps(g, _tap_weights(g, w), "none")
-    xq_buf = np.empty(g.ci * g.flat_len(nb_max), dtype=x.dtype)
-    out_buf = np.empty(g.filters * g.out_len(nb_max), dtype=x.dtype)
+    taps = _fold_taps(g, _tap_weights(g, w, ctx.scratch), "none", ctx.scratch)
+    xq_buf = ctx.scratch.empty(g.ci * g.flat_len(nb_max), x.dtype)
+    out_buf = ctx.scratch.empty(g.filters * g.out_len(nb_max), x.dtype)
+    tiles = _tiles(g, nb_max, ctx, x.dtype)
     bias = None if b is None else b.reshape(-1, 1, 1)
     relu = attrs.get("relu", False)  # fused by the compiler into inference plans
     gi, gf = _group_slices(g)
@@ -284,7 +312,7 @@ def conv_forward(
         length, out_len = g.flat_len(nb), g.out_len(nb)
         xq = xq_buf[: g.ci * length].reshape(g.ci, length)
         xq[:, nb * g.pitch :] = 0
-        shard(ctx, lambda s, e, b0=b0, xq=xq: _pack(g, x, xq, b0, s, e), nb)
+        shard(ctx, lambda s, e, b0=b0, xq=xq: _pack(g, x, xq, b0, s, e, tiles), nb)
         out = out_buf[: g.filters * out_len].reshape(g.filters, out_len)
         for k in range(g.groups):
             for t, off in enumerate(offsets):
@@ -307,8 +335,9 @@ def conv_forward(
 
 
 def _fold(g: _Geometry) -> str:
-    """How backward groups taps into GEMMs: "none" (one per tap, K = channels), "row" (one per
-    kernel row, over a kw-fold copy of the input) or "all" (one GEMM over a full im2col).
+    """How backward groups taps into GEMMs (unless ``ctx.conv_fold`` says): "none" (one per tap,
+    K = channels), "row" (one per kernel row, over a kw-fold copy of the input) or "all" (one
+    GEMM over a full im2col).
     Folding pays a copy to lift a narrow GEMM side (conv1 after space-to-depth: 48 channels;
     paper conv2: 48 per group) to where BLAS runs near its peak."""
     cg = g.ci // g.groups
@@ -317,12 +346,12 @@ def _fold(g: _Geometry) -> str:
     return "row" if cg < 128 else "none"
 
 
-def _folded_buffer(g: _Geometry, fold: str, nb: int, dtype) -> np.ndarray | None:
+def _folded_buffer(g: _Geometry, fold: str, nb: int, dtype, space) -> np.ndarray | None:
     """Room for the folded copies of a block's flat input (None when nothing is folded)."""
     if fold == "none":
         return None
     outer, inner = _fold_offsets(g, fold)
-    return np.empty(g.ci * len(inner) * (g.out_len(nb) + outer[-1]), dtype=dtype)
+    return space.empty(g.ci * len(inner) * (g.out_len(nb) + outer[-1]), dtype)
 
 
 def _fold_source(g: _Geometry, xq: np.ndarray, buf, inner: list[int], n_src: int) -> np.ndarray:
@@ -344,13 +373,13 @@ def _fold_offsets(g: _Geometry, fold: str) -> tuple[list[int], list[int]]:
     return {"none": (every, [0]), "row": (rows, cols), "all": ([0], every)}[fold]
 
 
-def _fold_taps(g: _Geometry, taps: np.ndarray, fold: str) -> np.ndarray:
+def _fold_taps(g: _Geometry, taps: np.ndarray, fold: str, space: Space) -> np.ndarray:
     """(khi, kwi, F, Cg) tap weights -> (GEMMs, F, Cg * folded taps), rows ordered (c, tap)."""
     f = g.filters
     if fold == "none":
         return taps.reshape(g.khi * g.kwi, f, -1)
     order = (0, 2, 3, 1) if fold == "row" else (2, 3, 0, 1)
-    folded = np.ascontiguousarray(taps.transpose(order))
+    folded = _copy(taps.transpose(order), space)
     return folded.reshape(g.khi if fold == "row" else 1, f, -1)
 
 
@@ -370,18 +399,23 @@ def conv_backward(
     """Gradients (dx, dw) or (dx, dw, db), by the shifted GEMMs of the forward turned around."""
     x, w = saved
     g = _geometry(x.shape, w.shape, attrs)
-    fold = _fold(g)
+    fold = ctx.conv_fold or _fold(g)
     outer, inner = _fold_offsets(g, fold)
-    nb_max = _block(g, x.itemsize, backward=True, copies=len(inner))
+    nb_max = _block(g, x.itemsize, True, len(inner), ctx.conv_block_samples)
     needs_dx = ctx.needs is None or ctx.needs[0]  # not for the image itself (the first layer)
-    dx = np.empty(x.shape, dtype=x.dtype) if needs_dx else None
-    taps = _fold_taps(g, _tap_weights(g, w), fold) if needs_dx else None
-    dtaps = np.empty((len(outer), g.filters, g.ci // g.groups * len(inner)), dtype=x.dtype)
-    xq_buf = np.empty(g.ci * g.flat_len(nb_max), dtype=x.dtype)
-    dxq_buf = np.empty_like(xq_buf) if needs_dx else None
-    folded_buf = _folded_buffer(g, fold, nb_max, x.dtype)
-    dfolded_buf = None if folded_buf is None or not needs_dx else np.empty_like(folded_buf)
-    dyq_buf = np.empty(g.filters * g.out_len(nb_max), dtype=x.dtype)
+    dx = ctx.output(x.shape, x.dtype) if needs_dx else None
+    space = ctx.scratch
+    taps = _fold_taps(g, _tap_weights(g, w, space), fold, space) if needs_dx else None
+    dtaps = space.empty((len(outer), g.filters, g.ci // g.groups * len(inner)), x.dtype)
+    xq_buf = space.empty(g.ci * g.flat_len(nb_max), x.dtype)
+    dxq_buf = space.empty(xq_buf.shape, x.dtype) if needs_dx else None
+    folded_buf = _folded_buffer(g, fold, nb_max, x.dtype, space)
+    dfolded_buf = (
+        None if folded_buf is None or not needs_dx else space.empty(folded_buf.shape, x.dtype)
+    )
+    dyq_buf = space.empty(g.filters * g.out_len(nb_max), x.dtype)
+    tiles = _tiles(g, nb_max, ctx, x.dtype)
+    dtiles = _tiles(g, nb_max, ctx, x.dtype) if needs_dx else None
     gi, gf = _group_slices(g, len(inner))
 
     for b0 in range(0, g.n, nb_max):
@@ -392,7 +426,7 @@ def conv_backward(
         xq[:, nb * g.pitch :] = 0
 
         def gather(s: int, e: int, b0: int = b0, xq=xq, dyq=dyq, nb=nb) -> None:
-            _pack(g, x, xq, b0, s, e)
+            _pack(g, x, xq, b0, s, e, tiles)
             # dy into the flat layout, zero at the gap positions so they add nothing.
             lo, hi = s * g.pitch, min(e * g.pitch, dyq.shape[1])
             dyq[:, lo:hi] = 0
@@ -421,9 +455,11 @@ def conv_backward(
             for f, off in enumerate(inner):
                 target = dxq[:, off : off + n_src]
                 np.add(target, dsrc3[:, f], out=target)
-        shard(ctx, lambda s, e, b0=b0, dxq=dxq: _unpack(g, dxq, dx, b0, s, e), nb)
+        shard(ctx, lambda s, e, b0=b0, dxq=dxq: _unpack(g, dxq, dx, b0, s, e, dtiles), nb)
 
     dw = _weight_grad(g, _unfold_taps(g, dtaps, fold), w.shape)
+    if np.shares_memory(dw, dtaps):  # a result: never a view of the scratch
+        dw = dw.copy()
     if not attrs["bias"]:
         return dx, dw
     return dx, dw, dy.sum(axis=(0, 2, 3))

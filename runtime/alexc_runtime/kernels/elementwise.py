@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from math import prod
 
 import numpy as np
 
-from alexc_runtime.kernels.base import KernelContext, shard
+from alexc_runtime.kernels.base import KernelContext, block_scratch_bytes, shard, shard_blocks
 
 # Below this many elements a thread hop costs more than the pass it would split.
 SHARD_MIN_ELEMENTS = 1 << 16
@@ -27,27 +28,38 @@ def _map_batch(ctx: KernelContext, fn: Callable[[object], object], x: np.ndarray
 
 
 def relu_forward(ctx: KernelContext, attrs: Mapping, x: np.ndarray) -> tuple[np.ndarray, tuple]:
-    """y = max(x, 0). saved = (mask,), a bool array of x's shape (x > 0); () without ctx.grad."""
-    y = np.empty(x.shape, dtype=x.dtype)
-    mask = np.empty(x.shape, dtype=bool) if ctx.grad else None
-
-    def run(i) -> None:
-        np.maximum(x[i], 0, out=y[i])
-        if mask is not None:
-            np.greater(x[i], 0, out=mask[i])
-
-    _map_batch(ctx, run, x)
-    return y, (() if mask is None else (mask,))
+    """y = max(x, 0). saved = (y,), the output itself (y > 0 exactly where x > 0); () without
+    ctx.grad. y may be x itself (the plan writes relu in place)."""
+    y = ctx.output(x.shape, x.dtype)
+    _map_batch(ctx, lambda i: np.maximum(x[i], 0, out=y[i]), x)
+    return y, ((y,) if ctx.grad else ())
 
 
 def relu_backward(
     ctx: KernelContext, attrs: Mapping, dy: np.ndarray, saved: tuple
 ) -> tuple[np.ndarray]:
-    """dx = dy where x > 0, else 0 (the subgradient at 0 is 0)."""
-    (mask,) = saved
-    dx = np.empty(dy.shape, dtype=dy.dtype)
-    _map_batch(ctx, lambda i: np.multiply(dy[i], mask[i], out=dx[i]), dy)
+    """dx = dy where y > 0, else 0 (the subgradient at 0 is 0). dx may be dy itself."""
+    (y,) = saved
+    dx = ctx.output(dy.shape, dy.dtype)
+
+    def run(s: int, e: int) -> None:
+        positive = np.greater(y[s:e], 0, out=ctx.temp(y[s:e].shape, bool))
+        np.multiply(dy[s:e], positive, out=dx[s:e])
+
+    if dy.size < SHARD_MIN_ELEMENTS:
+        run(0, len(dy))
+    else:
+        shard_blocks(ctx, run, len(dy), dy[:1].nbytes, dy[:1].size)
     return (dx,)
+
+
+def relu_workspace(attrs, ins, out, itemsize, threads) -> tuple[int, int]:
+    """(forward, backward) scratch: backward's bool y > 0 for a block of samples per chunk."""
+    n, elements = out[0], prod(out)
+    if elements < SHARD_MIN_ELEMENTS:
+        return 0, 0
+    per_sample = elements // n
+    return 0, block_scratch_bytes(n, per_sample * itemsize, per_sample, threads)
 
 
 # -- dropout ---------------------------------------------------------------------------------
@@ -67,9 +79,11 @@ def dropout_forward(ctx: KernelContext, attrs: Mapping, x: np.ndarray) -> tuple[
         return x, ()
     if ctx.rng is None:
         raise ValueError("dropout in training mode needs ctx.rng (a seeded numpy Generator)")
-    mask = ctx.rng.random(x.shape, dtype=np.float32) >= np.float32(rate)
+    # The draws are a temporary of the rng's (dropout follows the small linear layers).
+    draws = ctx.rng.random(x.shape, dtype=np.float32)
+    mask = np.greater_equal(draws, np.float32(rate), out=ctx.keep.empty(x.shape, bool))
     scale = 1.0 / (1.0 - rate)
-    y = np.multiply(x, mask)
+    y = np.multiply(x, mask, out=ctx.output(x.shape, x.dtype))
     y *= scale
     return y, (mask, scale)
 
@@ -81,7 +95,7 @@ def dropout_backward(
     if not saved:
         return (dy,)
     mask, scale = saved
-    dx = np.multiply(dy, mask)
+    dx = np.multiply(dy, mask, out=ctx.output(dy.shape, dy.dtype))
     dx *= scale
     return (dx,)
 
@@ -97,7 +111,7 @@ def add_forward(
         raise ValueError(
             f"add needs equal shapes and dtypes, got {a.shape} {a.dtype} and {b.shape} {b.dtype}"
         )
-    y = np.empty(a.shape, dtype=a.dtype)
+    y = ctx.output(a.shape, a.dtype)
     _map_batch(ctx, lambda i: np.add(a[i], b[i], out=y[i]), y)
     return y, ()
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from alexc_runtime.geometry import lrn_coefficient
-from alexc_runtime.kernels.base import KernelContext, shard_blocks
+from alexc_runtime.kernels.base import KernelContext, block_scratch_bytes, shard_blocks
 
 
 def _coefficient(attrs: Mapping) -> float:
@@ -33,11 +33,12 @@ def _window_sum(v: np.ndarray, half: int, out: np.ndarray) -> None:
         np.add(out[:, :-d], v[:, d:], out=out[:, :-d])
 
 
-def _negative_power(base: np.ndarray, beta: float, out: np.ndarray) -> np.ndarray:
-    """out = base ** -beta; AlexNet's beta = 0.75 uses square roots, several times faster."""
+def _negative_power(base: np.ndarray, beta: float, out: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+    """out = base ** -beta; AlexNet's beta = 0.75 uses square roots (and ``tmp``), several
+    times faster."""
     if beta == 0.75:
         np.sqrt(base, out=out)
-        out *= np.sqrt(out)
+        out *= np.sqrt(out, out=tmp)
         return np.reciprocal(out, out=out)
     return np.power(base, -beta, out=out)
 
@@ -52,19 +53,20 @@ def lrn_forward(ctx: KernelContext, attrs: Mapping, x: np.ndarray) -> tuple[np.n
     if size < 1 or size % 2 == 0:
         raise ValueError(f"LRN size must be a positive odd number, got {size}")
     a = _coefficient(attrs)
-    y = np.empty(x.shape, dtype=x.dtype)
-    base = np.empty(x.shape, dtype=x.dtype) if ctx.grad else y
-    power = np.empty(x.shape, dtype=x.dtype) if ctx.grad else y
+    y = ctx.output(x.shape, x.dtype)
+    base = ctx.keep.empty(x.shape, x.dtype) if ctx.grad else y
+    power = ctx.keep.empty(x.shape, x.dtype) if ctx.grad else y
 
     def run(s: int, e: int) -> None:
         xb, bb, pb, yb = x[s:e], base[s:e], power[s:e], y[s:e]
-        _window_sum(np.square(xb), size // 2, bb)
+        squares = np.square(xb, out=ctx.temp(xb.shape, xb.dtype))
+        _window_sum(squares, size // 2, bb)
         bb *= a
         bb += k
-        _negative_power(bb, beta, out=pb)
+        _negative_power(bb, beta, out=pb, tmp=squares)
         np.multiply(pb, xb, out=yb)
 
-    shard_blocks(ctx, run, x.shape[0], x[:1].nbytes)
+    shard_blocks(ctx, run, x.shape[0], x[:1].nbytes, x[:1].nbytes)
     return y, ((x, base, power) if ctx.grad else ())
 
 
@@ -75,19 +77,29 @@ def lrn_backward(
     x, base, power = saved
     size, beta = attrs["size"], float(attrs["beta"])
     a = _coefficient(attrs)
-    dx = np.empty(x.shape, dtype=x.dtype)
+    dx = ctx.output(x.shape, x.dtype)
 
     def run(s: int, e: int) -> None:
         xb, bb, pb, g, dxb = x[s:e], base[s:e], power[s:e], dy[s:e], dx[s:e]
-        ratio = np.multiply(g, xb)  # becomes g * y / s = g * x * s^-beta / s
+        # becomes g * y / s = g * x * s^-beta / s
+        ratio = np.multiply(g, xb, out=ctx.temp(xb.shape, x.dtype))
         ratio *= pb
         ratio /= bb
-        spread = np.empty(bb.shape, dtype=x.dtype)
+        spread = ctx.temp(bb.shape, x.dtype)
         _window_sum(ratio, size // 2, spread)
         spread *= xb
         spread *= 2.0 * a * beta
         np.multiply(g, pb, out=dxb)
         dxb -= spread
 
-    shard_blocks(ctx, run, x.shape[0], x[:1].nbytes)
+    shard_blocks(ctx, run, x.shape[0], x[:1].nbytes, 2 * x[:1].nbytes)
     return (dx,)
+
+
+def lrn_workspace(attrs, ins, out, itemsize, threads) -> tuple[int, int]:
+    """(forward, backward) scratch: x^2, then two arrays, for a block of samples per chunk."""
+    n, per_sample = ins[0][0], itemsize * int(np.prod(ins[0][1:]))
+    return (
+        block_scratch_bytes(n, per_sample, per_sample, threads),
+        block_scratch_bytes(n, per_sample, 2 * per_sample, threads),
+    )

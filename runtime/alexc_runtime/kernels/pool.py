@@ -14,6 +14,7 @@ import numpy as np
 from alexc_runtime.geometry import adaptive_bins
 from alexc_runtime.kernels.base import (
     KernelContext,
+    block_scratch_bytes,
     padded_block,
     pooled_size,
     shard_blocks,
@@ -52,11 +53,15 @@ class _Windows:
             for j in range(self.kw):
                 yield i * self.kw + j, rows, window_slice(j, self.sw, self.ow)
 
-    def buffer(self, xb: np.ndarray, fill: float) -> np.ndarray:
+    def buffer(self, ctx: KernelContext, xb: np.ndarray, fill: float) -> np.ndarray:
         """The samples ``xb`` placed in a (hb, wb) buffer at (top, left), surrounded by ``fill``."""
         if not self.needs_buffer:
             return xb
-        return padded_block(xb, self.top, self.left, self.hb, self.wb, fill)
+        return padded_block(ctx, xb, self.top, self.left, self.hb, self.wb, fill)
+
+    def buffer_elements(self, channels: int) -> int:
+        """Elements per sample of the padded buffer (0 when the input is used as it is)."""
+        return channels * self.hb * self.wb if self.needs_buffer else 0
 
     def crop(self, buf: np.ndarray) -> np.ndarray:
         return buf[:, :, self.top : self.top + self.h, self.left : self.left + self.w]
@@ -75,13 +80,15 @@ def _windows(shape: tuple[int, ...], attrs: Mapping) -> _Windows:
     return _Windows(h, w, kh, kw, sh, sw, top, left, bottom, right, oh, ow, hb, wb)
 
 
-def _scatter_windows(win: _Windows, dx: np.ndarray, s: int, e: int, contribution) -> None:
+def _scatter_windows(
+    ctx: KernelContext, win: _Windows, dx: np.ndarray, s: int, e: int, contribution
+) -> None:
     """dx[s:e] = sum over offsets k of ``contribution(k)`` placed at that offset's positions."""
     if win.needs_buffer:
-        buf = np.zeros((e - s, dx.shape[1], win.hb, win.wb), dtype=dx.dtype)
+        buf = ctx.temp((e - s, dx.shape[1], win.hb, win.wb), dx.dtype)
     else:
         buf = dx[s:e]
-        buf.fill(0)
+    buf.fill(0)
     for k, rows, cols in win.offsets():
         target = buf[:, :, rows, cols]
         np.add(target, contribution(k), out=target)
@@ -101,26 +108,26 @@ def maxpool_forward(ctx: KernelContext, attrs: Mapping, x: np.ndarray) -> tuple[
     """
     win = _windows(x.shape, attrs)
     n, c = x.shape[:2]
-    y = np.empty((n, c, win.oh, win.ow), dtype=x.dtype)
+    y = ctx.output((n, c, win.oh, win.ow), x.dtype)
     if not ctx.grad:
 
         def run_max(s: int, e: int) -> None:
-            xb, ys = win.buffer(x[s:e], -np.inf), y[s:e]
+            xb, ys = win.buffer(ctx, x[s:e], -np.inf), y[s:e]
             for k, rows, cols in win.offsets():
                 if k == 0:
                     np.copyto(ys, xb[:, :, rows, cols])
                 else:
                     np.maximum(ys, xb[:, :, rows, cols], out=ys)
 
-        shard_blocks(ctx, run_max, n, x[:1].nbytes)
+        shard_blocks(ctx, run_max, n, x[:1].nbytes, win.buffer_elements(c) * x.itemsize)
         return y, ()
-    argmax = np.empty(y.shape, dtype=np.uint8 if win.kh * win.kw <= 256 else np.uint16)
+    argmax = ctx.keep.empty(y.shape, np.uint8 if win.kh * win.kw <= 256 else np.uint16)
 
     def run(s: int, e: int) -> None:
-        xb = win.buffer(x[s:e], -np.inf)
+        xb = win.buffer(ctx, x[s:e], -np.inf)
         ys, ids = y[s:e], argmax[s:e]
-        better = np.empty(ys.shape, dtype=bool)
-        step = np.empty(ys.shape, dtype=argmax.dtype)
+        better = ctx.temp(ys.shape, bool)
+        step = ctx.temp(ys.shape, argmax.dtype)
         for k, rows, cols in win.offsets():
             candidate = xb[:, :, rows, cols]
             if k == 0:
@@ -136,7 +143,8 @@ def maxpool_forward(ctx: KernelContext, attrs: Mapping, x: np.ndarray) -> tuple[
             np.multiply(step, better, out=step)
             np.add(ids, step, out=ids)
 
-    shard_blocks(ctx, run, n, x[:1].nbytes)
+    per_sample = win.buffer_elements(c) * x.itemsize + y[:1].size * (1 + argmax.itemsize)
+    shard_blocks(ctx, run, n, x[:1].nbytes, per_sample)
     return y, (argmax, x.shape)
 
 
@@ -146,20 +154,21 @@ def maxpool_backward(
     """Route each output gradient to its window's first maximum; overlaps accumulate."""
     argmax, x_shape = saved
     win = _windows(x_shape, attrs)
-    dx = np.empty(x_shape, dtype=dy.dtype)
+    dx = ctx.output(x_shape, dy.dtype)
 
     def run(s: int, e: int) -> None:
         ids, dys = argmax[s:e], dy[s:e]
-        hit = np.empty(ids.shape, dtype=bool)
-        routed = np.empty(dys.shape, dtype=dy.dtype)
+        hit = ctx.temp(ids.shape, bool)
+        routed = ctx.temp(dys.shape, dy.dtype)
 
         def contribution(k: int) -> np.ndarray:
             np.equal(ids, k, out=hit)
             return np.multiply(dys, hit, out=routed)
 
-        _scatter_windows(win, dx, s, e, contribution)
+        _scatter_windows(ctx, win, dx, s, e, contribution)
 
-    shard_blocks(ctx, run, x_shape[0], dx[:1].nbytes)
+    per_sample = win.buffer_elements(x_shape[1]) * dy.itemsize + dy[:1].size * (1 + dy.itemsize)
+    shard_blocks(ctx, run, x_shape[0], dx[:1].nbytes, per_sample)
     return (dx,)
 
 
@@ -187,10 +196,10 @@ def avgpool_forward(ctx: KernelContext, attrs: Mapping, x: np.ndarray) -> tuple[
     win = _windows(x.shape, attrs)
     divisor = _avg_divisor(win, attrs["count_include_pad"], x.dtype)
     n, c = x.shape[:2]
-    y = np.empty((n, c, win.oh, win.ow), dtype=x.dtype)
+    y = ctx.output((n, c, win.oh, win.ow), x.dtype)
 
     def run(s: int, e: int) -> None:
-        xb = win.buffer(x[s:e], 0)
+        xb = win.buffer(ctx, x[s:e], 0)
         ys = y[s:e]
         for k, rows, cols in win.offsets():
             if k == 0:
@@ -199,7 +208,7 @@ def avgpool_forward(ctx: KernelContext, attrs: Mapping, x: np.ndarray) -> tuple[
                 np.add(ys, xb[:, :, rows, cols], out=ys)
         np.divide(ys, divisor, out=ys)
 
-    shard_blocks(ctx, run, n, x[:1].nbytes)
+    shard_blocks(ctx, run, n, x[:1].nbytes, win.buffer_elements(c) * x.itemsize)
     return y, (x.shape,)
 
 
@@ -210,13 +219,14 @@ def avgpool_backward(
     (x_shape,) = saved
     win = _windows(x_shape, attrs)
     divisor = _avg_divisor(win, attrs["count_include_pad"], dy.dtype)
-    dx = np.empty(x_shape, dtype=dy.dtype)
+    dx = ctx.output(x_shape, dy.dtype)
 
     def run(s: int, e: int) -> None:
-        share = np.divide(dy[s:e], divisor)
-        _scatter_windows(win, dx, s, e, lambda k: share)
+        share = np.divide(dy[s:e], divisor, out=ctx.temp(dy[s:e].shape, dy.dtype))
+        _scatter_windows(ctx, win, dx, s, e, lambda k: share)
 
-    shard_blocks(ctx, run, x_shape[0], dx[:1].nbytes)
+    per_sample = (win.buffer_elements(x_shape[1]) + dy[:1].size) * dy.itemsize
+    shard_blocks(ctx, run, x_shape[0], dx[:1].nbytes, per_sample)
     return (dx,)
 
 
@@ -237,13 +247,13 @@ def adaptive_avgpool_forward(
     if (h, w) == (oh, ow):
         return x, (x.shape,)
     rows, cols = _bins(h, oh), _bins(w, ow)
-    y = np.empty((n, c, oh, ow), dtype=x.dtype)
+    y = ctx.output((n, c, oh, ow), x.dtype)
     divisor = np.outer([b - a for a, b in rows], [b - a for a, b in cols]).astype(x.dtype)
 
     def run(s: int, e: int) -> None:
         xb = x[s:e]
         if w != ow:
-            narrowed = np.empty((e - s, c, h, ow), dtype=x.dtype)
+            narrowed = ctx.temp((e - s, c, h, ow), x.dtype)
             for j, (a, b) in enumerate(cols):
                 np.sum(xb[..., a:b], axis=3, out=narrowed[..., j])
             xb = narrowed
@@ -255,7 +265,8 @@ def adaptive_avgpool_forward(
             np.copyto(ys, xb)
         np.divide(ys, divisor, out=ys)
 
-    shard_blocks(ctx, run, n, x[:1].nbytes)
+    per_sample = c * h * ow * x.itemsize if w != ow else 0
+    shard_blocks(ctx, run, n, x[:1].nbytes, per_sample)
     return y, (x.shape,)
 
 
@@ -270,12 +281,13 @@ def adaptive_avgpool_backward(
         return (dy,)
     rows, cols = _bins(h, oh), _bins(w, ow)
     divisor = np.outer([b - a for a, b in rows], [b - a for a, b in cols]).astype(dy.dtype)
-    dx = np.empty(x_shape, dtype=dy.dtype)
+    dx = ctx.output(x_shape, dy.dtype)
 
     def run(s: int, e: int) -> None:
-        share = np.divide(dy[s:e], divisor)
+        share = np.divide(dy[s:e], divisor, out=ctx.temp(dy[s:e].shape, dy.dtype))
         if h != oh:
-            tall = np.zeros((e - s, c, h, ow), dtype=dy.dtype)
+            tall = ctx.temp((e - s, c, h, ow), dy.dtype)
+            tall.fill(0)
             for i, (a, b) in enumerate(rows):
                 target = tall[:, :, a:b, :]
                 np.add(target, share[:, :, i : i + 1, :], out=target)
@@ -289,5 +301,46 @@ def adaptive_avgpool_backward(
         else:
             dx[s:e] = share
 
-    shard_blocks(ctx, run, n, dx[:1].nbytes)
+    per_sample = (dy[:1].size + (c * h * ow if h != oh else 0)) * dy.itemsize
+    shard_blocks(ctx, run, n, dx[:1].nbytes, per_sample)
     return (dx,)
+
+
+# -- scratch: what the kernels above carve for their block temporaries -----------------------
+
+
+def _block_bytes(ins, itemsize: int, threads: int, fwd: int, bwd: int) -> tuple[int, int]:
+    """(forward, backward) scratch for block temporaries of fwd and bwd bytes per sample."""
+    n, c, h, w = ins[0]
+    per_sample = c * h * w * itemsize
+    return (
+        block_scratch_bytes(n, per_sample, fwd, threads),
+        block_scratch_bytes(n, per_sample, bwd, threads),
+    )
+
+
+def maxpool_workspace(attrs, ins, out, itemsize, threads) -> tuple[int, int]:
+    win = _windows(ins[0], attrs)
+    c = ins[0][1]
+    pad = win.buffer_elements(c) * itemsize
+    outs = c * win.oh * win.ow
+    index = 1 if win.kh * win.kw <= 256 else 2
+    return _block_bytes(
+        ins, itemsize, threads, pad + outs * (1 + index), pad + outs * (1 + itemsize)
+    )
+
+
+def avgpool_workspace(attrs, ins, out, itemsize, threads) -> tuple[int, int]:
+    win = _windows(ins[0], attrs)
+    c = ins[0][1]
+    pad = win.buffer_elements(c) * itemsize
+    return _block_bytes(ins, itemsize, threads, pad, pad + c * win.oh * win.ow * itemsize)
+
+
+def adaptive_avgpool_workspace(attrs, ins, out, itemsize, threads) -> tuple[int, int]:
+    (oh, ow), (_, c, h, w) = attrs["output"], ins[0]
+    if (h, w) == (oh, ow):
+        return 0, 0
+    narrowed = c * h * ow * itemsize if w != ow else 0
+    tall = c * h * ow * itemsize if h != oh else 0
+    return _block_bytes(ins, itemsize, threads, narrowed, c * oh * ow * itemsize + tall)

@@ -30,16 +30,24 @@ def flatten_backward(
 
 def concat_forward(ctx: KernelContext, attrs: Mapping, *xs: np.ndarray) -> tuple[np.ndarray, tuple]:
     """Join inputs along ``axis``. saved = (sizes,), each input's extent along the axis."""
-    axis = attrs["axis"]
-    y = np.concatenate(xs, axis=axis)
-    axis %= y.ndim
+    axis = attrs["axis"] % xs[0].ndim
+    shape = list(xs[0].shape)
+    shape[axis] = sum(x.shape[axis] for x in xs)
+    y = np.concatenate(xs, axis=axis, out=ctx.output(shape, np.result_type(*xs)))
     return y, (tuple(x.shape[axis] for x in xs),)
 
 
 def concat_backward(
     ctx: KernelContext, attrs: Mapping, dy: np.ndarray, saved: tuple
 ) -> tuple[np.ndarray, ...]:
-    """Split dy back into the inputs' extents; each piece made contiguous for the next kernel."""
+    """Split dy back into the inputs' extents; each piece copied out contiguous for the next
+    kernel."""
     (sizes,) = saved
     cuts = np.cumsum(sizes)[:-1]
-    return tuple(np.ascontiguousarray(p) for p in np.split(dy, cuts, axis=attrs["axis"]))
+    pieces = np.split(dy, cuts, axis=attrs["axis"])
+    return tuple(_copy(p, ctx.output(p.shape, p.dtype, index)) for index, p in enumerate(pieces))
+
+
+def _copy(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    np.copyto(dst, src)
+    return dst

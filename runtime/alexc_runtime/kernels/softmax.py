@@ -9,9 +9,9 @@ import numpy as np
 from alexc_runtime.kernels.base import KernelContext
 
 
-def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
+def _softmax(x: np.ndarray, axis: int, out: np.ndarray) -> np.ndarray:
     """exp(x - max) / sum: the shift keeps exp from overflowing."""
-    y = np.subtract(x, x.max(axis=axis, keepdims=True))
+    y = np.subtract(x, x.max(axis=axis, keepdims=True), out=out)
     np.exp(y, out=y)
     y /= y.sum(axis=axis, keepdims=True)
     return y
@@ -19,7 +19,7 @@ def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
 
 def softmax_forward(ctx: KernelContext, attrs: Mapping, x: np.ndarray) -> tuple[np.ndarray, tuple]:
     """Softmax along ``axis``. saved = (y,), the output itself."""
-    y = _softmax(x, attrs.get("axis", 1))
+    y = _softmax(x, attrs.get("axis", 1), ctx.output(x.shape, x.dtype))
     return y, (y,)
 
 
@@ -29,7 +29,7 @@ def softmax_backward(
     """dx = y * (dy - sum(dy * y)) along the axis."""
     (y,) = saved
     axis = attrs.get("axis", 1)
-    dx = np.multiply(dy, y)
+    dx = np.multiply(dy, y, out=ctx.output(dy.shape, dy.dtype))
     dx = np.subtract(dy, dx.sum(axis=axis, keepdims=True), out=dx)
     dx *= y
     return (dx,)
@@ -40,7 +40,7 @@ def log_softmax_forward(
 ) -> tuple[np.ndarray, tuple]:
     """x - max - log(sum(exp(x - max))) along ``axis``. saved = (y,), the output itself."""
     axis = attrs.get("axis", 1)
-    y = np.subtract(x, x.max(axis=axis, keepdims=True))
+    y = np.subtract(x, x.max(axis=axis, keepdims=True), out=ctx.output(x.shape, x.dtype))
     y -= np.log(np.exp(y).sum(axis=axis, keepdims=True))
     return y, (y,)
 
@@ -50,7 +50,7 @@ def log_softmax_backward(
 ) -> tuple[np.ndarray]:
     """dx = dy - softmax(x) * sum(dy) along the axis, with softmax(x) = exp(y)."""
     (y,) = saved
-    dx = np.exp(y)
+    dx = np.exp(y, out=ctx.output(dy.shape, dy.dtype))
     dx *= dy.sum(axis=attrs.get("axis", 1), keepdims=True)
     np.subtract(dy, dx, out=dx)
     return (dx,)
@@ -75,7 +75,7 @@ def softmax_cross_entropy_forward(
     smoothing = float(attrs["label_smoothing"])
     # Stable log-softmax: log p = (x - max) - log(sum(exp(x - max))).
     log_p = np.subtract(logits, logits.max(axis=1, keepdims=True))
-    p = np.exp(log_p)
+    p = np.exp(log_p, out=ctx.keep.empty(log_p.shape, log_p.dtype))
     total = p.sum(axis=1, keepdims=True)
     p /= total
     log_p -= np.log(total)
@@ -93,7 +93,7 @@ def softmax_cross_entropy_backward(
     p, labels = saved
     n, k = p.shape
     smoothing = float(attrs["label_smoothing"])
-    dlogits = np.subtract(p, smoothing / k)
+    dlogits = np.subtract(p, smoothing / k, out=ctx.output(p.shape, p.dtype))
     dlogits[np.arange(n), labels] -= 1.0 - smoothing
     dlogits *= float(dy) / n
     return dlogits, None
