@@ -4,12 +4,12 @@ import os
 import platform
 import subprocess
 import sys
-import tracemalloc
 
 import numpy as np
 import pytest
 
 import alexc
+from alexc.bench.memory import traced_peak
 from alexc.passes.compile import compile
 from alexc.passes.lower import lower
 from tests.helpers import GRAPHS
@@ -277,15 +277,6 @@ outputs: [fc, sm, lsm]
 """
 
 
-def _traced_peak(call) -> int:
-    tracemalloc.start()
-    try:
-        call()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
 def _graph_and_step(name, batch, training, threads=1):
     graph = alexc.load_graph(MINI) if name == "mini" else alexc.parse_graph(EVERY_OP)
     assert name == "mini" or {n.op for n in graph.nodes} == set(alexc.ir.Op)
@@ -312,7 +303,7 @@ def test_after_the_first_call_a_step_allocates_no_large_arrays(name, threads, tr
     results = step()  # compiles the plan and allocates its arena
     returned = sum(v.nbytes for v in results.values())
     plan = exe.plan(32, training=training)
-    measured = _traced_peak(step) - returned
+    measured = traced_peak(step) - returned
     assert measured < 0.05 * plan.arena_bytes, (measured, plan.arena_bytes)
 
 
@@ -321,7 +312,7 @@ def test_the_measured_peak_is_the_plans_forecast(mini, training):
     """Compiling a plan and running it once allocates its arena, the parameter gradients
     (training) and little else: within 10% of the forecast."""
     exe, step = _graph_and_step("mini", 64, training)
-    measured = _traced_peak(step)
+    measured = traced_peak(step)
     plan = exe.plan(64, training=training)
     planned = plan.arena_bytes + (plan.param_bytes // 2 if training else 0)
     assert 0.9 * planned <= measured <= 1.1 * planned, (planned, measured)
