@@ -17,7 +17,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
@@ -82,7 +81,23 @@ class PlanExecutor:
             for name, slot in plan.slots.items()
             if name not in plan.inputs and name not in plan.aliases
         }
+        self._bound = [self._bind(index, step) for index, step in enumerate(plan.steps)]
         self._lock = threading.Lock()
+
+    def _bind(self, index: int, step: Step) -> tuple:
+        """What a step's context gets from the arena, found once rather than at every call:
+        (needs, result views, scratch bytes, keep bytes). A backward gradient that adds to an
+        earlier one gets no view: it is computed aside, then added."""
+        scratch = self._bytes(self.plan.workspace.get(index))
+        if step.backward:
+            needs = tuple(out is not None for out in step.outputs)
+            outs = tuple(
+                None if out is None or add else self.views.get(out)
+                for out, add in zip(step.outputs, step.accumulate, strict=True)
+            )
+            return needs, outs, scratch, None
+        keep = self._bytes(self.plan.saved.get(step.node))
+        return None, (self.views.get(step.outputs[0]),), scratch, keep
 
     def _view(self, slot: Slot, dtype: np.dtype) -> np.ndarray:
         return self._bytes(slot).view(dtype).reshape(slot.shape)
@@ -109,27 +124,22 @@ class PlanExecutor:
             return self._run(feeds, params, train, rng, on_grad)
 
     def _run(self, feeds, params, train, rng, on_grad):
-        plan, views = self.plan, self.views
+        plan = self.plan
         env: dict[str, np.ndarray] = {**params, **feeds}
         keep_saved = plan.training
         saved: dict[str, tuple] = {}
-        ctx = KernelContext(pool=self.pool, train=train, rng=rng, grad=keep_saved, **self.knobs)
+        pool, knobs = self.pool, self.knobs
         timer = _Timer(self.on_step)
         for index, step in enumerate(plan.steps):
             kernel = KERNELS[step.op]
-            scratch = Space(self._bytes(plan.workspace.get(index)))
+            needs, outs, scratch, keep = self._bound[index]
+            # Built directly, not with dataclasses.replace: this runs for every step.
+            ctx = KernelContext(
+                pool, train, rng, keep_saved, needs, outs, Space(scratch), Space(keep), **knobs
+            )
             if step.backward:
-                needs = tuple(out is not None for out in step.outputs)
-                # A gradient that adds to an earlier one is computed aside, then added.
-                outs = tuple(
-                    None if out is None or add else views.get(out)
-                    for out, add in zip(step.outputs, step.accumulate, strict=True)
-                )
-                step_ctx = replace(ctx, needs=needs, out=outs, scratch=scratch)
                 timer.start()
-                grads = kernel.backward(
-                    step_ctx, step.attrs, env[step.inputs[0]], saved.pop(step.node)
-                )
+                grads = kernel.backward(ctx, step.attrs, env[step.inputs[0]], saved.pop(step.node))
                 for out, grad, view, add in zip(
                     step.outputs, grads, outs, step.accumulate, strict=True
                 ):
@@ -142,12 +152,9 @@ class PlanExecutor:
                 timer.stop(index, step)
             else:
                 out = step.outputs[0]
-                view = views.get(out)
-                keep = Space(self._bytes(plan.saved.get(step.node)))
-                step_ctx = replace(ctx, out=(view,), scratch=scratch, keep=keep)
                 timer.start()
-                y, kept = kernel.forward(step_ctx, step.attrs, *(env[name] for name in step.inputs))
-                env[out] = _into(view, y)
+                y, kept = kernel.forward(ctx, step.attrs, *(env[name] for name in step.inputs))
+                env[out] = _into(outs[0], y)
                 timer.stop(index, step)
                 if keep_saved:
                     saved[step.node] = kept
