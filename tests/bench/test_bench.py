@@ -71,7 +71,7 @@ outputs: [fc, sm, lsm]
 # 13, 6 and 2): 2 per multiply-add, relu 1 per element, LRN 2 * size + 4 per element, max
 # pooling 1 per window element.
 MINI_FLOPS = (
-    2 * 32 * 28 * 28 * (1 * 9)  # conv1
+    2 * 32 * 28 * 28 * (1 * 25)  # conv1: 5x5
     + 2 * 64 * 13 * 13 * (16 * 9)  # conv2: 2 groups of 16 input channels
     + 2 * 96 * 6 * 6 * (64 * 9)  # conv3
     + 2 * 96 * 6 * 6 * (48 * 9)  # conv4: 2 groups
