@@ -445,8 +445,8 @@ def test_missing_or_misshaped_params_are_named(mini):
     graph, params = mini
     with pytest.raises(AlexcError, match="fc8.bias"):
         export_onnx(graph, {k: v for k, v in params.items() if k != "fc8.bias"})
-    with pytest.raises(AlexcError, match=r"conv1.weight.*\[32, 1, 3, 3\]"):
-        export_onnx(graph, {**params, "conv1.weight": np.zeros((32, 1, 5, 5), np.float32)})
+    with pytest.raises(AlexcError, match=r"conv1.weight.*\[32, 1, 5, 5\]"):
+        export_onnx(graph, {**params, "conv1.weight": np.zeros((32, 1, 3, 3), np.float32)})
 
 
 def test_unwritable_path(mini, tmp_path):

@@ -165,9 +165,15 @@ def test_missing_mpi_is_one_line_with_the_install_command(tiny, run_cli, monkeyp
 
 
 def test_two_ranks_train_alexnet_mini_as_one_process_does(mpi, tmp_path):
-    """20 steps with dropout on, global batch 32 (so 16 rows per rank), then validation."""
+    """4 steps with dropout on, global batch 32 (so 16 rows per rank), then validation.
+
+    Not more steps: training on random images is chaotic, and float32 rounding that differs
+    with how a batch is split grows about 2x per step. After 20 steps one process that splits
+    its own batch in two halves differs from itself by up to 9% (3x3 conv1, no MPI involved),
+    so the comparison would measure the chaos, not the ranks."""
     data = write_idx(tmp_path / "idx28", 712, 28)  # 641 train (20 batches of 32), 71 val
     common = ["--data", data, "-b", "32", "--epochs", "1", "--threads", "1", "--lr", "0.02"]
+    common += ["--limit-batches", "4"]
     one = run(alexc_cmd("train", GRAPHS / "alexnet-mini.yaml", *common, "-o", tmp_path / "one"))
     assert one.returncode == 0, one.stderr
     two = alexc_cmd("train", GRAPHS / "alexnet-mini.yaml", *common, "-o", tmp_path / "two")
@@ -179,7 +185,7 @@ def test_two_ranks_train_alexnet_mini_as_one_process_does(mpi, tmp_path):
         np.testing.assert_allclose(b[name], a[name], rtol=1e-4, atol=1e-5, err_msg=name)
     last = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").open()][-1]
     last2 = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").open()][-1]
-    assert last["step"] == last2["step"] == 20
+    assert last["step"] == last2["step"] == 4
     assert last2["train_loss"] == pytest.approx(last["train_loss"], rel=1e-5)
     assert last2["val_top1"] == pytest.approx(last["val_top1"], abs=1 / 71)  # one image
 

@@ -465,7 +465,10 @@ def test_killed_or_interrupted_run_leaves_a_readable_checkpoint_and_resume_finis
     reason="Debian's dataset-fashion-mnist is not installed",
 )
 def test_loss_falls_on_real_fashion_mnist():
-    """40 SGD steps of the mini AlexNet on real Fashion-MNIST images cut a held-out loss."""
+    """60 SGD steps of the mini AlexNet on real Fashion-MNIST images cut a held-out loss by 40%.
+
+    (40 steps did while conv1 started at Kaiming's scale; from the paper's N(0, 0.01) it starts
+    slower, at 0.63 of the initial loss after 40 steps.)"""
     from alexc.data import Augment, Loader, open_source
 
     graph = alexc.load_graph(ROOT / "graphs" / "alexnet-mini.yaml")
@@ -482,7 +485,7 @@ def test_loss_falls_on_real_fashion_mnist():
         for step, (x, y) in enumerate(loader):
             _, grads = exe.loss_and_grads(params, x, y, rng=np.random.default_rng(step))
             sgd.step(params, grads, 0.05)
-            if step == 39:
+            if step == 59:
                 break
     after, _ = exe.loss_and_grads(params, x_val, y_val, train=False)
     assert after < 0.6 * before, (before, after)
