@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alexc_runtime.geometry import window_out
 from alexc_runtime.threads import ShardPool, split_range
 
 # Target working set of one sample block inside a shard: small enough that the several passes a
@@ -200,11 +199,6 @@ def shard_blocks(
             _block_space.space = None
 
     shard(ctx, walk, n)
-
-
-def pooled_size(size: int, kernel: int, stride: int, pad0: int, pad1: int, ceil_mode: bool) -> int:
-    """Output length of a pooling window sweep (the PyTorch/ONNX rule, ceil or floor)."""
-    return window_out(size, kernel, stride, pad0, pad1, ceil_mode=ceil_mode)
 
 
 def padded_block(

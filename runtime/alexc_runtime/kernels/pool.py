@@ -11,12 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alexc_runtime.geometry import adaptive_bins
+from alexc_runtime.geometry import adaptive_bins, window_out
 from alexc_runtime.kernels.base import (
     KernelContext,
     block_scratch_bytes,
     padded_block,
-    pooled_size,
     shard_blocks,
     window_slice,
 )
@@ -73,8 +72,8 @@ def _windows(shape: tuple[int, ...], attrs: Mapping) -> _Windows:
     sh, sw = attrs["stride"]
     top, left, bottom, right = attrs["pad"]
     ceil_mode = attrs["ceil_mode"]
-    oh = pooled_size(h, kh, sh, top, bottom, ceil_mode)
-    ow = pooled_size(w, kw, sw, left, right, ceil_mode)
+    oh = window_out(h, kh, sh, top, bottom, ceil_mode=ceil_mode)
+    ow = window_out(w, kw, sw, left, right, ceil_mode=ceil_mode)
     hb = max((oh - 1) * sh + kh, top + h)
     wb = max((ow - 1) * sw + kw, left + w)
     return _Windows(h, w, kh, kw, sh, sw, top, left, bottom, right, oh, ow, hb, wb)
@@ -233,11 +232,6 @@ def avgpool_backward(
 # -- adaptive_avgpool ------------------------------------------------------------------------
 
 
-def _bins(size: int, out: int) -> list[tuple[int, int]]:
-    """Bin i covers [floor(i*size/out), ceil((i+1)*size/out)): bins may overlap when uneven."""
-    return adaptive_bins(size, out)
-
-
 def adaptive_avgpool_forward(
     ctx: KernelContext, attrs: Mapping, x: np.ndarray
 ) -> tuple[np.ndarray, tuple]:
@@ -246,7 +240,7 @@ def adaptive_avgpool_forward(
     n, c, h, w = x.shape
     if (h, w) == (oh, ow):
         return x, (x.shape,)
-    rows, cols = _bins(h, oh), _bins(w, ow)
+    rows, cols = adaptive_bins(h, oh), adaptive_bins(w, ow)
     y = ctx.output((n, c, oh, ow), x.dtype)
     divisor = np.outer([b - a for a, b in rows], [b - a for a, b in cols]).astype(x.dtype)
 
@@ -279,7 +273,7 @@ def adaptive_avgpool_backward(
     n, c, h, w = x_shape
     if (h, w) == (oh, ow):
         return (dy,)
-    rows, cols = _bins(h, oh), _bins(w, ow)
+    rows, cols = adaptive_bins(h, oh), adaptive_bins(w, ow)
     divisor = np.outer([b - a for a, b in rows], [b - a for a, b in cols]).astype(dy.dtype)
     dx = ctx.output(x_shape, dy.dtype)
 
