@@ -61,6 +61,18 @@ def _last_per(records: list[dict], key: str) -> list[dict]:
     return sorted({r[key]: r for r in records}.values(), key=lambda r: r[key])
 
 
+def lr_curve(epochs: list[dict], steps: list[dict]) -> tuple[list[int], list[float]]:
+    """The learning-rate panel's points (step, rate), each holding until the next: the rate at
+    each epoch's first step and at every logged step, so a warm-up or a decay inside an epoch
+    shows as it ran (epoch records alone would draw one flat value per epoch)."""
+    starts = [0, *(r["step"] for r in epochs[:-1])]
+    points = dict(zip(starts, (r["lr"] for r in epochs), strict=True))
+    points |= {r["step"]: r["lr"] for r in steps if "lr" in r and r["step"] not in points}
+    points.setdefault(epochs[-1]["step"], points[max(points)])  # the line runs to the end
+    xs = sorted(points)
+    return xs, [points[x] for x in xs]
+
+
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Loss, top-1/top-5 and the learning rate of RUN_DIR against steps (epochs on the top
     axis), train and validation, the best epoch marked; PNG or SVG. Returns the path."""
@@ -115,14 +127,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     )
     acc_ax.set(title="accuracy", ylabel="fraction correct")
 
-    starts = [0, *end[:-1]]
-    lr_ax.step(
-        [*starts, end[-1]],
-        [r["lr"] for r in epochs] + [epochs[-1]["lr"]],
-        where="post",
-        color="tab:purple",
-        label="learning rate",
-    )
+    lr_steps, lr_values = lr_curve(epochs, steps)
+    lr_ax.step(lr_steps, lr_values, where="post", color="tab:purple", label="learning rate")
     lr_ax.set(title="learning rate", ylabel="lr", yscale="log")
 
     for ax in (loss_ax, acc_ax, lr_ax):

@@ -5,6 +5,7 @@ numbers they were built from (the texts in an SVG, the counts beside a confusion
 never pixel by pixel against a stored picture."""
 
 import json
+import math
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -16,7 +17,7 @@ from alexc.data import open_source
 from alexc.training.checkpoint import save_checkpoint
 from alexc.training.evaluate import evaluate
 from alexc.viz.diagram import BOX_WIDTH, boxes
-from alexc.viz.plot import layer_activations, normalise_kernels, tower_count
+from alexc.viz.plot import layer_activations, lr_curve, normalise_kernels, tower_count
 from tests.helpers import GRAPHS, color_folder
 
 TINY = """\
@@ -111,6 +112,22 @@ def test_curves_as_png_and_svg_mark_the_best_epoch(tmp_path, run_cli):
     for title in ("loss", "accuracy", "learning rate", "end of epoch"):
         assert texts.count(title) >= 1, title
     assert {"1", "2", "3", "4"} <= set(texts)  # the epoch ticks on the top axes
+
+
+def test_learning_rate_panel_follows_the_logged_steps_inside_an_epoch():
+    # Half an epoch of warm-up, then a cosine to 0 over two epochs of 200 steps, logged every
+    # 50 steps as alexc train does; the epoch records hold the rate at each epoch's first step.
+    def rate(step):
+        return 0.1 * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / 400))
+
+    epochs = [{"step": 200, "lr": rate(0)}, {"step": 400, "lr": rate(200)}]
+    steps = [{"step": s, "lr": rate(s)} for s in range(50, 401, 50)]
+    xs, lrs = lr_curve(epochs, steps)
+    assert xs == [0, *range(50, 401, 50)]
+    assert lrs == [rate(x) for x in xs]
+    assert lrs[0] < lrs[1] < lrs[2] and lrs[2] > lrs[3] > lrs[-1]  # the ramp, then the decay
+    # Without step records: one value per epoch, held to the last step.
+    assert lr_curve(epochs, []) == ([0, 200, 400], [rate(0), rate(200), rate(200)])
 
 
 def test_curves_refuse_other_formats_in_one_line(tmp_path, run_cli):
