@@ -41,8 +41,9 @@ def test_full_size_alexnet_trains_a_few_steps_on_an_image_folder(name, tmp_path)
 )
 def test_mini_alexnet_reaches_its_readme_accuracy_on_fashion_mnist(tmp_path, run_cli):
     """The README's claim: `alexc train graphs/alexnet-mini.yaml` with its defaults, then
-    `alexc eval --split test` of the checkpoint chosen on validation, gives about 91.4% top-1
-    on the 10,000 test images (one seed measured; 0.8 points of room for seed and machine)."""
+    `alexc eval --split test` of the checkpoint chosen on validation, gives about 92.3% top-1
+    on the 10,000 test images (three seeds measured, 92.1-92.4%; 0.8 points of room for seed
+    and machine)."""
     graph_path = GRAPHS / "alexnet-mini.yaml"
     graph = alexc.load_graph(graph_path)
     train(graph, out=tmp_path / "run", threads=2)
@@ -53,4 +54,4 @@ def test_mini_alexnet_reaches_its_readme_accuracy_on_fashion_mnist(tmp_path, run
     best = tmp_path / "run" / "best.safetensors"
     code, out, err = run_cli("eval", graph_path, "--weights", best, "--split", "test", "--json")
     assert code == 0, err
-    assert json.loads(out.splitlines()[-1])["top1"] >= 0.905  # after train()'s own lines
+    assert json.loads(out.splitlines()[-1])["top1"] >= 0.915  # after train()'s own lines

@@ -67,23 +67,23 @@ nodes:
 outputs: [fc, sm, lsm]
 """
 
-# alexnet-mini's forward FLOPs per image, counted by hand from its layers (28x28, pooled to
-# 13, 6 and 2): 2 per multiply-add, relu 1 per element, LRN 2 * size + 4 per element, max
-# pooling 1 per window element.
+# alexnet-mini's forward FLOPs per image, counted by hand from its layers (28x28, pooled in
+# ceil mode to 14, 7 and 3): 2 per multiply-add, relu 1 per element, LRN 2 * size + 4 per
+# element, max pooling 1 per window element (9 per output, windows over the edge included).
 MINI_FLOPS = (
     2 * 32 * 28 * 28 * (1 * 25)  # conv1: 5x5
-    + 2 * 64 * 13 * 13 * (16 * 9)  # conv2: 2 groups of 16 input channels
-    + 2 * 96 * 6 * 6 * (64 * 9)  # conv3
-    + 2 * 96 * 6 * 6 * (48 * 9)  # conv4: 2 groups
-    + 2 * 128 * 6 * 6 * (48 * 9)  # conv5: 2 groups
-    + 2 * (128 * 2 * 2 * 1024 + 1024 * 1024 + 1024 * 10)  # fc6, fc7, fc8
+    + 2 * 64 * 14 * 14 * (16 * 9)  # conv2: 2 groups of 16 input channels
+    + 2 * 96 * 7 * 7 * (64 * 9)  # conv3
+    + 2 * 96 * 7 * 7 * (48 * 9)  # conv4: 2 groups
+    + 2 * 128 * 7 * 7 * (48 * 9)  # conv5: 2 groups
+    + 2 * (128 * 3 * 3 * 1024 + 1024 * 1024 + 1024 * 10)  # fc6, fc7, fc8
     + 32 * 28 * 28
-    + 64 * 13 * 13
-    + 2 * 96 * 6 * 6
-    + 128 * 6 * 6
+    + 64 * 14 * 14
+    + 2 * 96 * 7 * 7
+    + 128 * 7 * 7
     + 2 * 1024  # the relus
-    + (2 * 5 + 4) * (32 * 28 * 28 + 64 * 13 * 13)  # norm1, norm2
-    + 9 * (32 * 13 * 13 + 64 * 6 * 6 + 128 * 2 * 2)  # pool1, pool2, pool5
+    + (2 * 5 + 4) * (32 * 28 * 28 + 64 * 14 * 14)  # norm1, norm2
+    + 9 * (32 * 14 * 14 + 64 * 7 * 7 + 128 * 3 * 3)  # pool1, pool2, pool5
 )
 
 MACHINE_KEYS = {

@@ -75,13 +75,16 @@ def test_alexnet_mini_architecture():
     g = alexc.load_graph(GRAPHS / "alexnet-mini.yaml")
     ops = [n.op for n in g.nodes]
     assert ops.count(Op.CONV) == 5 and ops.count(Op.LRN) == 2 and ops.count(Op.LINEAR) == 3
-    assert ops.count(Op.DROPOUT) == 2
+    # Dropout is the paper's regulariser (its section 4, with the crops), not its architecture
+    # (section 3): the 10-epoch recipe underfits and drops it, as it drops random crops.
+    assert ops.count(Op.DROPOUT) == 0
     assert g.input.shape == (1, 28, 28) and g.shapes["fc8"] == (10,)
     assert [g.node(n).attrs["groups"] for n in ("conv2", "conv4", "conv5")] == [2, 2, 2]
     assert all(
         g.node(n).attrs["kernel"] == (3, 3) and g.node(n).attrs["stride"] == (2, 2)
         for n in ("pool1", "pool2", "pool5")
     )
+    assert [g.shapes[n][1] for n in ("pool1", "pool2", "pool5")] == [14, 7, 3]  # ceil mode
     assert len(g.classes) == 10
 
 

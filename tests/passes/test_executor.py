@@ -1,5 +1,6 @@
 """Lowering, autodiff, memory planning and the NumPy executor on whole graphs."""
 
+import math
 import os
 import platform
 import subprocess
@@ -12,7 +13,7 @@ import alexc
 from alexc.bench.memory import traced_peak
 from alexc.passes.compile import compile
 from alexc.passes.lower import lower
-from tests.helpers import GRAPHS
+from tests.helpers import GRAPHS, TINY_TRAINABLE
 
 MINI = GRAPHS / "alexnet-mini.yaml"
 
@@ -31,7 +32,7 @@ def _batch(graph, n, seed=0, dtype=np.float32):
 
 def _reference_forward(graph, params, x):
     """An independent forward pass written here with plain NumPy loops over kernel offsets,
-    for the ops of alexnet-mini (conv, relu, lrn paper, maxpool, flatten, linear, dropout off)."""
+    for the ops of alexnet-mini (conv, relu, lrn paper, maxpool with ceil mode, flatten, linear)."""
     env = {graph.input.name: x.astype(np.float64)}
     for n in graph.nodes:
         a = n.attrs
@@ -68,8 +69,13 @@ def _reference_forward(graph, params, x):
         elif n.op.value == "maxpool":
             kh, kw = a["kernel"]
             sh, sw = a["stride"]
-            oh = (v.shape[2] - kh) // sh + 1
-            ow = (v.shape[3] - kw) // sw + 1
+            assert not any(a["pad"])  # alexnet-mini's pools have none
+            rounding = math.ceil if a["ceil_mode"] else math.floor
+            oh = rounding((v.shape[2] - kh) / sh) + 1
+            ow = rounding((v.shape[3] - kw) / sw) + 1
+            # Ceil mode: a last window hanging over the end sees only what is inside.
+            extra_h, extra_w = (oh - 1) * sh + kh - v.shape[2], (ow - 1) * sw + kw - v.shape[3]
+            v = np.pad(v, ((0, 0), (0, 0), (0, extra_h), (0, extra_w)), constant_values=-np.inf)
             v = np.max(
                 [
                     v[:, :, i : i + sh * oh : sh, j : j + sw * ow : sw]
@@ -154,8 +160,10 @@ def test_gradient_of_input_sum_of_two_paths():
     np.testing.assert_allclose(grads["h.bias"], dh.sum(0), rtol=1e-10)
 
 
-def test_inference_plan_strips_dropout_and_keeps_nothing_for_backward(mini):
-    plan = lower(mini, 4, training=False)
+def test_inference_plan_strips_dropout_and_keeps_nothing_for_backward():
+    paper = alexc.load_graph(GRAPHS / "alexnet.yaml")  # drop6 and drop7 (the mini has none)
+    assert any(s.op == "dropout" for s in lower(paper, 4, training=True).steps)
+    plan = lower(paper, 4, training=False)
     assert all(s.op != "dropout" for s in plan.steps)
     assert not plan.training and not plan.grads
 
@@ -219,10 +227,11 @@ def test_same_seed_same_numbers(mini):
     assert all(np.array_equal(runs[0][1][k], runs[1][1][k]) for k in params)
 
 
-def test_dropout_is_on_in_training_only(mini):
-    params = mini.init_params(0)
-    x, y = _batch(mini, 8)
-    exe = compile(mini, 8)
+def test_dropout_is_on_in_training_only():
+    tiny = alexc.parse_graph(TINY_TRAINABLE)  # drop6 (the mini has no dropout)
+    params = tiny.init_params(0)
+    x, y = _batch(tiny, 8)
+    exe = compile(tiny, 8)
     a = exe.loss_and_grads(params, x, y, train=True, rng=np.random.default_rng(1))[0]
     b = exe.loss_and_grads(params, x, y, train=True, rng=np.random.default_rng(2))[0]
     c = exe.loss_and_grads(params, x, y, train=False)[0]

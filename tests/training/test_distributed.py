@@ -165,7 +165,8 @@ def test_missing_mpi_is_one_line_with_the_install_command(tiny, run_cli, monkeyp
 
 
 def test_two_ranks_train_alexnet_mini_as_one_process_does(mpi, tmp_path):
-    """4 steps with dropout on, global batch 32 (so 16 rows per rank), then validation.
+    """4 steps, global batch 32 (so 16 rows per rank), then validation. (The mini net has no
+    dropout; masks across ranks are checked with TINY's, 3 ranks on an uneven batch, below.)
 
     Not more steps: training on random images is chaotic, and float32 rounding that differs
     with how a batch is split grows about 2x per step. After 20 steps one process that splits
