@@ -309,13 +309,21 @@ def launch(count: int, argv: Sequence[str]) -> int:
 
     The launcher runs in its own session, so a Ctrl-C reaches this process alone: the first
     becomes a SIGUSR1 to the launcher, which forwards it to every rank (they stop after the
-    same step and save, as a single run does); a second one stops the launcher at once."""
+    same step and save, as a single run does); a second one stops the launcher at once. As in
+    a single run, a SIGINT counts even where this process started with it ignored (nohup, a
+    background job of a shell without job control)."""
     command, env = launch_command(count, [sys.executable, "-m", "alexc", *argv])
-    launcher = subprocess.Popen(command, env=env, start_new_session=True)
-    forward = signal.SIGUSR1
-    while True:
-        try:
-            return launcher.wait()
-        except KeyboardInterrupt:
-            launcher.send_signal(forward)
-            forward = signal.SIGINT
+    # Installed before the launcher starts, so it does not inherit an ignored SIGINT either.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        launcher = subprocess.Popen(command, env=env, start_new_session=True)
+        forward = signal.SIGUSR1
+        while True:
+            try:
+                return launcher.wait()
+            except KeyboardInterrupt:
+                launcher.send_signal(forward)
+                forward = signal.SIGINT
+    finally:
+        if previous is not None:  # None: a handler not set from Python, which stays
+            signal.signal(signal.SIGINT, previous)

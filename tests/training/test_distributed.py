@@ -392,7 +392,11 @@ def test_eval_over_two_ranks_counts_every_image_once(mpi, tiny, idx, tmp_path):
     assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)
 
 
-def test_ctrl_c_on_the_launcher_saves_and_the_run_resumes(mpi, tiny, tmp_path):
+@pytest.mark.parametrize("inherited", [signal.SIG_DFL, signal.SIG_IGN], ids=["terminal", "nohup"])
+def test_ctrl_c_on_the_launcher_saves_and_the_run_resumes(mpi, tiny, tmp_path, inherited):
+    """From a terminal, and from a process that ignores SIGINT (nohup, or a background job of
+    a shell without job control), whose children inherit the ignoring: a single run saves on
+    SIGINT either way, and so must the launcher of ranks."""
     data = write_idx(tmp_path / "big", 4000, 12)
     common = ["--data", data, "--threads", "1", "-o", tmp_path / "r", "--epochs", "1"]
     proc = subprocess.Popen(
@@ -402,6 +406,7 @@ def test_ctrl_c_on_the_launcher_saves_and_the_run_resumes(mpi, tiny, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group: what a terminal's Ctrl-C signals
+        preexec_fn=lambda: signal.signal(signal.SIGINT, inherited),
     )
     deadline = time.monotonic() + 600
     while not (tmp_path / "r" / "last.safetensors").exists() and time.monotonic() < deadline:
