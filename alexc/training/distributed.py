@@ -310,8 +310,8 @@ def launch(count: int, argv: Sequence[str]) -> int:
     The launcher runs in its own session, so a Ctrl-C reaches this process alone: the first
     becomes a SIGUSR1 to the launcher, which forwards it to every rank (they stop after the
     same step and save, as a single run does); a second one stops the launcher at once. As in
-    a single run, a SIGINT counts even where this process started with it ignored (nohup, a
-    background job of a shell without job control)."""
+    a single run, a SIGINT counts even where this process started with it ignored (a
+    background job of a shell without job control, such as `alexc ... &` in a script)."""
     command, env = launch_command(count, [sys.executable, "-m", "alexc", *argv])
     # Installed before the launcher starts, so it does not inherit an ignored SIGINT either.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)

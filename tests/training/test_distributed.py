@@ -392,11 +392,13 @@ def test_eval_over_two_ranks_counts_every_image_once(mpi, tiny, idx, tmp_path):
     assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)
 
 
-@pytest.mark.parametrize("inherited", [signal.SIG_DFL, signal.SIG_IGN], ids=["terminal", "nohup"])
+@pytest.mark.parametrize(
+    "inherited", [signal.SIG_DFL, signal.SIG_IGN], ids=["terminal", "background"]
+)
 def test_ctrl_c_on_the_launcher_saves_and_the_run_resumes(mpi, tiny, tmp_path, inherited):
-    """From a terminal, and from a process that ignores SIGINT (nohup, or a background job of
-    a shell without job control), whose children inherit the ignoring: a single run saves on
-    SIGINT either way, and so must the launcher of ranks."""
+    """From a terminal, and from a process that ignores SIGINT (a background job of a shell
+    without job control, such as `cmd &` in a script), whose children inherit the ignoring: a
+    single run saves on SIGINT either way, and so must the launcher of ranks."""
     data = write_idx(tmp_path / "big", 4000, 12)
     common = ["--data", data, "--threads", "1", "-o", tmp_path / "r", "--epochs", "1"]
     proc = subprocess.Popen(
